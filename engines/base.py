@@ -1,0 +1,182 @@
+"""The engine contract: what every engine takes, returns and declares.
+
+Engines run with torch alone (no Hydra, W&B or lm-eval). The harness hands an engine
+tokenized requests; the engine returns generated token ids with a monotonic timestamp
+(`time.perf_counter()`, seconds) for each token, taken after the token exists on the host.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+
+class KVCache(str, enum.Enum):
+    paged = "paged"  # fixed-size blocks with block tables (vLLM's PagedAttention)
+    contiguous = "contiguous"  # one max-length region per sequence (pre-vLLM)
+    none = "none"  # no cache: recompute the whole prefix every step
+
+
+class Batching(str, enum.Enum):
+    continuous = "continuous"  # requests join and leave every step
+    static = "static"  # fixed batches run to the end
+
+
+class Attention(str, enum.Enum):
+    torch = "torch"  # plain torch reference over the cache
+    sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention
+    triton = "triton"  # our Triton paged-attention kernels
+    flash_attn = "flash_attn"  # the flash-attn package (GPU only)
+
+
+class Graphs(str, enum.Enum):
+    eager = "eager"
+    cuda_graphs = "cuda_graphs"
+    compile = "compile"  # torch.compile
+
+
+@dataclass
+class Technique:
+    """Every optimization toggle. `None` means "the engine's default", which the engine
+    resolves and reports, so a result always says what was actually applied."""
+
+    kv_cache: KVCache | None = None
+    batching: Batching | None = None
+    chunked_prefill: bool | None = None
+    prefix_cache: bool | None = None
+    attention: Attention | None = None
+    graphs: Graphs | None = None
+
+
+@dataclass
+class EngineOptions:
+    """Sizing knobs shared by engines; an engine ignores those it has no use for."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    kv_cache_bytes: int | None = None  # CPU: KV pool size; None = derive from memory
+    gpu_memory_utilization: float = 0.9  # CUDA: fraction of free memory for weights + KV
+    batch_size: int | None = None  # static batching: requests per batch (None = all)
+
+
+@dataclass(slots=True, frozen=True)
+class ModelSpec:
+    """A model an engine can load: a local HF folder or hub id, or random weights."""
+
+    name: str
+    path: str | None  # HF folder (config.json + safetensors) or hub id; None when random
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    random_config: dict[str, Any] | None = None  # HF config dict for random weights
+    seed: int = 0
+
+    @property
+    def is_random(self) -> bool:
+        return self.random_config is not None
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(slots=True)
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    prompt_len: int
+    token_ids: list[int]
+    token_times: list[float]  # perf_counter() when each generated token reached the host
+    arrival_time: float  # perf_counter() when the engine accepted the request
+    finish_reason: str  # "length" | "stop" | "error"
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class ScoredSequence:
+    """log p(token[i] | token[:i]) for i >= 1, and whether token[i] was the argmax."""
+
+    logprobs: list[float]
+    is_greedy: list[bool]
+
+
+class UnsupportedTechnique(ValueError):
+    """A technique value the engine does not honour; the harness records the cell as skipped."""
+
+
+ProgressFn = Callable[[int], None]  # called with the number of requests just finished
+
+
+class Engine(ABC):
+    """Offline generation now; engines with a serving loop also offer add_request/step."""
+
+    name: ClassVar[str]
+    supports: ClassVar[dict[str, tuple[Any, ...]]]  # technique field -> honoured values
+    defaults: ClassVar[dict[str, Any]]  # technique field -> value used when None
+
+    @classmethod
+    def resolve_technique(cls, requested: Technique) -> Technique:
+        """Fill defaults; raise UnsupportedTechnique naming every value not honoured."""
+        applied, problems = {}, []
+        for f in fields(Technique):
+            value = getattr(requested, f.name)
+            if value is None:
+                value = cls.defaults.get(f.name)
+            honoured = cls.supports.get(f.name, ())
+            if value is not None and value not in honoured:
+                shown = ", ".join(str(getattr(v, "value", v)) for v in honoured) or "none"
+                problems.append(f"{f.name}={getattr(value, 'value', value)} (supports: {shown})")
+            applied[f.name] = value
+        if problems:
+            raise UnsupportedTechnique(f"engine '{cls.name}' does not support " + "; ".join(problems))
+        return Technique(**applied)
+
+    @abstractmethod
+    def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
+        """Run all requests to completion; outputs in request order. A bad request gets
+        finish_reason="error" with a message, and the others still run."""
+
+    @abstractmethod
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
+        """Teacher-forced log-probabilities of each sequence under the model."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Engine statistics: peak memory, KV bytes allocated and used, cache hit rate..."""
+
+    @property
+    @abstractmethod
+    def eos_token_id(self) -> int | None: ...
+
+    def close(self) -> None:
+        """Release memory held by the engine."""
+
+
+def now() -> float:
+    return time.perf_counter()

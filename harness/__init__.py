@@ -1,0 +1,1 @@
+"""infermatrix harness: turns one config into one measured, recorded cell."""
