@@ -1,0 +1,49 @@
+"""The `infermatrix` command: a Hydra app that measures one cell per job (`-m` for sweeps)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from harness.config import register
+
+register()
+
+
+def job_dirs() -> tuple[Path, Path, str, int]:
+    """(cell output dir, sweep dir, sweep id, job number) from Hydra's runtime config."""
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    sweep_dir = Path(hc.sweep.dir) if multirun else out_dir
+    sweep_id = str(sweep_dir).strip("/").replace("/", "_")
+    return out_dir, sweep_dir, sweep_id, (hc.job.num if multirun else 0)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def app(cfg: DictConfig) -> None:
+    import pandas as pd
+
+    from harness.report import summarize
+    from harness.runner import run_cell
+
+    out_dir, sweep_dir, sweep_id, job_num = job_dirs()
+    row = run_cell(cfg, out_dir, sweep_dir, sweep_id, job_num)
+    print(summarize(pd.DataFrame([row])))
+    if row["status"] == "failed":
+        print(f"[infermatrix] cell failed: {row['reason']} (details: {row['result_path']})", file=sys.stderr)
+    if HydraConfig.get().mode != RunMode.MULTIRUN and row["status"] == "failed":
+        sys.exit(1)  # a single run reports failure; a sweep records it and goes on
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

