@@ -1,0 +1,316 @@
+"""The plain-PyTorch baseline: Hugging Face transformers `generate` with static batching.
+
+What HF cannot do per request inside one batch, and how this engine copes:
+- sampling parameters: requests are grouped by (temperature, top_k, top_p) before batching,
+  so every request is sampled with its own parameters;
+- seeds: one torch generator state serves the whole batch, seeded from the batch's first
+  request that has a seed; other requests' seeds are not honoured individually;
+- max_tokens / stop tokens / EOS: HF is told about none of them (so ignore_eos cannot change
+  which tokens come out); a stopping criterion applies them per row, time-stamps every step
+  and ends the batch once every row is finished.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from engines.base import (
+    Attention,
+    Batching,
+    Engine,
+    EngineOptions,
+    Graphs,
+    KVCache,
+    ModelSpec,
+    ProgressFn,
+    Request,
+    RequestOutput,
+    ScoredSequence,
+    Technique,
+    now,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
+    """HF causal LM from a folder / hub id, or seeded random weights from a config dict."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{model.dtype}'")
+    dtype = DTYPES[model.dtype]
+    if model.is_random:
+        cfg = dict(model.random_config)
+        config = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg)
+        torch.manual_seed(model.seed)
+        lm = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    else:
+        if model.path is None:
+            raise ValueError(f"model '{model.name}' has neither a path nor a random_config")
+        lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype, attn_implementation="sdpa")
+    return lm.to(device).eval()
+
+
+class StepRecorder:
+    """HF stopping criterion: called once per decoding step with the sequences so far.
+
+    Records each unfinished row's new token with the step's timestamp and marks rows that hit
+    their own token limit or a stop token. Finished rows keep receiving pad tokens from HF,
+    which are not recorded.
+    """
+
+    def __init__(self, limits: list[int], stop_sets: list[frozenset[int]]):
+        self.limits = limits
+        self.stop_sets = stop_sets
+        self.tokens: list[list[int]] = [[] for _ in limits]
+        self.times: list[list[float]] = [[] for _ in limits]
+        self.reasons: list[str | None] = [None] * len(limits)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        newest = input_ids[:, -1].tolist()  # host copy: waits until the step's tokens exist
+        stamp = time.perf_counter()
+        for row, token in enumerate(newest):
+            if self.reasons[row] is not None:
+                continue
+            self.tokens[row].append(token)
+            self.times[row].append(stamp)
+            if token in self.stop_sets[row]:
+                self.reasons[row] = "stop"
+            elif len(self.tokens[row]) >= self.limits[row]:
+                self.reasons[row] = "length"
+        finished = [reason is not None for reason in self.reasons]
+        return torch.tensor(finished, dtype=torch.bool, device=input_ids.device)
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes held by the key/value tensors of an HF cache object (0 when there is none)."""
+    total = 0
+    for layer in getattr(cache, "layers", ()) or ():
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(seqs: list[Sequence[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class HFEngine(Engine):
+    name: ClassVar[str] = "hf"
+    supports: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "kv_cache": (KVCache.contiguous, KVCache.none),
+        "batching": (Batching.static,),
+        "chunked_prefill": (False,),
+        "prefix_cache": (False,),
+        "attention": (Attention.sdpa,),
+        "graphs": (Graphs.eager,),
+    }
+    defaults: ClassVar[dict[str, Any]] = {
+        "kv_cache": KVCache.contiguous,
+        "batching": Batching.static,
+        "chunked_prefill": False,
+        "prefix_cache": False,
+        "attention": Attention.sdpa,
+        "graphs": Graphs.eager,
+    }
+
+    def __init__(self, model: ModelSpec, technique: Technique, options: EngineOptions, device: str):
+        from transformers import GenerationConfig
+
+        self.spec = model
+        self.technique = technique
+        self.options = options
+        self.device = device
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.model = load_model(model, device)
+        config = self.model.config
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids: tuple[int, ...] = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        pad = self.model.generation_config.pad_token_id
+        self.pad_id: int = pad if isinstance(pad, int) else (self.eos_ids[0] if self.eos_ids else 0)
+        # A neutral generation config: HF must not stop at EOS or apply a checkpoint's sampling defaults.
+        self.model.generation_config = GenerationConfig(pad_token_id=self.pad_id)
+        self.vocab_size: int = self.model.get_input_embeddings().num_embeddings
+        self.context_len: int | None = getattr(config, "max_position_embeddings", None)
+        self.kv_bytes_peak = 0
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.eos_ids[0] if self.eos_ids else None
+
+    def request_error(self, request: Request) -> str | None:
+        """Why a request cannot run, or None."""
+        prompt = request.prompt_token_ids
+        try:
+            request.sampling.validate()
+        except ValueError as exc:
+            return f"invalid sampling parameters: {exc}"
+        if not prompt:
+            return "empty prompt"
+        if self.context_len is not None and len(prompt) >= self.context_len:
+            return f"prompt has {len(prompt)} tokens; the model's context is {self.context_len}"
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            return f"token ids out of range [0, {self.vocab_size}): {bad[:5]}"
+        return None
+
+    def batches(self, requests: Sequence[Request]) -> list[list[int]]:
+        """Request indices in static batches; requests sharing sampling parameters batch together."""
+        groups: dict[tuple[float, int, float], list[int]] = {}
+        for index, request in enumerate(requests):
+            s = request.sampling
+            groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(index)
+        size = self.options.batch_size
+        out = []
+        for members in groups.values():
+            step = size or len(members)
+            out += [members[i : i + step] for i in range(0, len(members), step)]
+        return out
+
+    def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
+        arrival = now()
+        outputs: list[RequestOutput | None] = [None] * len(requests)
+        runnable = []
+        for index, request in enumerate(requests):
+            error = self.request_error(request)
+            if error is None:
+                runnable.append(index)
+                continue
+            outputs[index] = RequestOutput(
+                request.request_id, len(request.prompt_token_ids), [], [], arrival, "error", error
+            )
+        if progress and len(runnable) < len(requests):
+            progress(len(requests) - len(runnable))
+        batches = self.batches([requests[i] for i in runnable])
+        for batch in batches:
+            members = [runnable[i] for i in batch]
+            for index, output in zip(members, self.run_batch([requests[i] for i in members], arrival)):
+                outputs[index] = output
+            if progress:
+                progress(len(members))
+        return outputs  # type: ignore[return-value]
+
+    def run_batch(self, batch: list[Request], arrival: float) -> list[RequestOutput]:
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        limits = []
+        for request in batch:
+            room = self.context_len - len(request.prompt_token_ids) if self.context_len else request.sampling.max_tokens
+            limits.append(min(request.sampling.max_tokens, room))
+        stop_sets = [
+            frozenset(r.sampling.stop_token_ids) | (frozenset() if r.sampling.ignore_eos else frozenset(self.eos_ids))
+            for r in batch
+        ]
+        recorder = StepRecorder(limits, stop_sets)
+        first = batch[0].sampling
+        sampled = first.temperature > 0
+        gen_config = GenerationConfig(
+            max_new_tokens=max(limits),
+            do_sample=sampled,
+            use_cache=self.technique.kv_cache == KVCache.contiguous,
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            **({"temperature": first.temperature, "top_k": first.top_k, "top_p": first.top_p} if sampled else {}),
+        )
+        seed = next((r.sampling.seed for r in batch if r.sampling.seed is not None), None)
+        if sampled and seed is not None:
+            torch.manual_seed(seed)
+        ids, mask = left_pad([r.prompt_token_ids for r in batch], self.pad_id, self.device)
+        with torch.inference_mode():
+            result = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=gen_config,
+                stopping_criteria=StoppingCriteriaList([recorder]),
+            )
+        self.kv_bytes_peak = max(self.kv_bytes_peak, cache_bytes(getattr(result, "past_key_values", None)))
+        del result
+        return [
+            RequestOutput(
+                r.request_id, len(r.prompt_token_ids), recorder.tokens[row], recorder.times[row], arrival,
+                recorder.reasons[row] or "length",
+            )
+            for row, r in enumerate(batch)
+        ]
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
+        for seq in sequences:
+            if len(seq) < 1:
+                raise ValueError("cannot score an empty sequence")
+            if any(not 0 <= t < self.vocab_size for t in seq):
+                raise ValueError(f"token ids out of range [0, {self.vocab_size}) in a scored sequence")
+        results: list[ScoredSequence | None] = [None] * len(sequences)
+        for batch in self.score_batches(sequences):
+            seqs = [sequences[i] for i in batch]
+            ids, mask = right_pad(seqs, self.pad_id, self.device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+                targets = ids[:, 1:]
+                chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+                greedy = (logprobs.argmax(dim=-1) == targets).cpu()
+            for row, index in enumerate(batch):
+                n = len(sequences[index]) - 1
+                results[index] = ScoredSequence(chosen[row, :n].tolist(), greedy[row, :n].tolist())
+        return results  # type: ignore[return-value]
+
+    def score_batches(self, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Longest first, so padding stays small; padded tokens per batch within max_num_batched_tokens."""
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        budget = self.options.max_num_batched_tokens
+        cap = self.options.batch_size or len(sequences)
+        batches: list[list[int]] = []
+        for index in order:
+            if batches:
+                current = batches[-1]
+                width = len(sequences[current[0]])  # the first member is the longest
+                if len(current) < cap and width * (len(current) + 1) <= budget:
+                    current.append(index)
+                    continue
+            batches.append([index])
+        return batches
+
+    def stats(self) -> dict[str, Any]:
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        out: dict[str, Any] = {
+            "device": self.device,
+            "dtype": self.spec.dtype,
+            "param_bytes": params,
+            "random_weights": self.spec.is_random,
+        }
+        if self.technique.kv_cache == KVCache.contiguous:
+            out["kv_bytes_allocated"] = self.kv_bytes_peak  # largest batch cache seen so far
+        if self.device == "cuda":
+            out["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        else:
+            out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return out
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
