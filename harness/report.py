@@ -1,0 +1,193 @@
+"""Read a results table and show what each technique bought: a fixed-width table with speedups
+against a baseline cell, and optional bar charts.
+
+    infermatrix-report multirun/2026-11-22/03-00-00 --baseline hf/smollm2-135m/latency/kv_cache=none --plots plots/
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.record import TABLE_NAME, read_rows
+
+THROUGHPUT = "output_throughput_tok_s"
+E2E_MEAN = "e2el_ms.mean"
+# (header, results-table column) of the latency columns, in the order a request lives them.
+LATENCIES = (("TTFT p50 ms", "ttft_ms.p50"), ("TPOT mean ms", "tpot_ms.mean"),
+             ("ITL p50 ms", "itl_ms.p50"), ("E2E p50 ms", "e2el_ms.p50"))  # fmt: skip
+
+
+def load_results(path_or_dir: str | Path) -> pd.DataFrame:
+    """The rows of a results.jsonl (or of the one inside a folder), in the order they were written."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        path = path / TABLE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no results table at {path}")
+    return pd.DataFrame(list(read_rows(path)))
+
+
+def _number(row: dict[str, Any], column: str) -> float | None:
+    value = row.get(column)
+    if value is None or isinstance(value, (list, str)):
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _interval(row: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    """A metric's 95% CI: a [lo, hi] column as record.py writes it, or `.lo`/`.hi` columns."""
+    pair = row.get(f"ci95.{metric}")
+    if isinstance(pair, (list, tuple)) and len(pair) == 2 and None not in pair:
+        return float(pair[0]), float(pair[1])
+    low, high = _number(row, f"ci95.{metric}.lo"), _number(row, f"ci95.{metric}.hi")
+    return (low, high) if low is not None and high is not None else None
+
+
+def pick_baseline(rows: list[dict[str, Any]], baseline: str | None = None) -> int | None:
+    """Position of the named cell's first ok row, or of the first ok row; None if no cell is ok."""
+    ok = [i for i, row in enumerate(rows) if row.get("status") == "ok"]
+    if baseline is None:
+        return ok[0] if ok else None
+    for i in ok:
+        if rows[i].get("cell") == baseline:
+            return i
+    names = ", ".join(dict.fromkeys(str(rows[i].get("cell")) for i in ok)) or "none"
+    raise ValueError(f"baseline '{baseline}' is not an ok cell of this table; ok cells: {names}")
+
+
+def speedups(row: dict[str, Any], base: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """(output tok/s ÷ the baseline's, the baseline's mean E2E latency ÷ this cell's): > 1 is better."""
+    if base is None or row.get("status") != "ok":
+        return None, None
+    tput, base_tput = _number(row, THROUGHPUT), _number(base, THROUGHPUT)
+    e2e, base_e2e = _number(row, E2E_MEAN), _number(base, E2E_MEAN)
+    tput_ratio = tput / base_tput if tput is not None and base_tput else None
+    e2e_ratio = base_e2e / e2e if base_e2e is not None and e2e else None
+    return tput_ratio, e2e_ratio
+
+
+def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _throughput_text(row: dict[str, Any]) -> str:
+    value, ci = _number(row, THROUGHPUT), _interval(row, THROUGHPUT)
+    if value is None:
+        return "-"
+    return f"{value:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else f"{value:.1f}"
+
+
+def _note(row: dict[str, Any], is_baseline: bool) -> str:
+    if row.get("status") != "ok":
+        reason = row.get("reason")
+        return str(reason).strip().splitlines()[0] if isinstance(reason, str) and reason.strip() else "(no reason)"
+    notes = ["baseline"] if is_baseline else []
+    if row.get("reused") is True:
+        notes.append("reused earlier result")
+    return ", ".join(notes)
+
+
+def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
+    """One fixed-width line per cell: status, latencies, output tok/s with its 95% CI, peak memory,
+    and speedups against the baseline cell; failed and skipped cells show their reason."""
+    if df.empty:
+        return "(no cells)"
+    rows = df.to_dict("records")
+    base_at = pick_baseline(rows, baseline)
+    base = None if base_at is None else rows[base_at]
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("cell", lambda r: str(r.get("cell"))),
+        ("status", lambda r: str(r.get("status"))),
+        *[(header, lambda r, c=column: _fmt(_number(r, c))) for header, column in LATENCIES],
+        ("out tok/s [95% CI]", _throughput_text),
+        ("peak MB", lambda r: _fmt(None if (b := _number(r, "peak_memory_bytes")) is None else b / 1e6)),
+        ("tok/s x", lambda r: _fmt(speedups(r, base)[0], ".2f", "x")),
+        ("E2E x", lambda r: _fmt(speedups(r, base)[1], ".2f", "x")),
+        ("note", lambda r: _note(r, r is base)),  # rows are distinct dicts: `is` marks one row
+    ]
+    table = [[header for header, _ in columns]] + [[text(row) for _, text in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    left = {0, 1, len(columns) - 1}  # text columns; numbers align right
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(table[0]).rstrip(), "  ".join("-" * w for w in widths)]
+    out += [line(cells).rstrip() for cells in table[1:]]
+    if base is not None:
+        out.append(f"speedups vs baseline {base.get('cell')}: tok/s x = output tok/s / baseline's; "
+                   "E2E x = baseline's mean E2E latency / this cell's (> 1 is faster)")  # fmt: skip
+    else:
+        out.append("no ok cell: no speedups")
+    return "\n".join(out)
+
+
+def plot(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Bar charts of the ok cells: output tok/s with 95% CI error bars, and latencies.
+    Needs matplotlib (the `plots` extra); without it, says so and writes nothing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("infermatrix-report: matplotlib is not installed, so no plots (pip install 'infermatrix[plots]')",
+              file=sys.stderr)  # fmt: skip
+        return []
+    rows = [row for row in df.to_dict("records") if row.get("status") == "ok"] if not df.empty else []
+    if not rows:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = [str(row.get("cell")) for row in rows]
+    height = 1.2 + 0.4 * len(rows)
+
+    fig = Figure(figsize=(9, height), layout="constrained")
+    ax = fig.add_subplot()
+    values = [_number(row, THROUGHPUT) or 0.0 for row in rows]
+    errors = [[0.0, 0.0] if (ci := _interval(row, THROUGHPUT)) is None else [v - ci[0], ci[1] - v]
+              for row, v in zip(rows, values)]  # fmt: skip
+    ax.barh(cells, values, xerr=list(zip(*errors)), capsize=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("output tokens/s (95% CI)")
+    paths = [out_dir / "throughput.png"]
+    fig.savefig(paths[0], dpi=120)
+
+    present = [(header, column) for header, column in LATENCIES if any(_number(r, column) is not None for r in rows)]
+    if present:
+        fig = Figure(figsize=(9, height * len(present)), layout="constrained")
+        for i, (header, column) in enumerate(present, start=1):
+            ax = fig.add_subplot(len(present), 1, i)
+            ax.barh(cells, [_number(row, column) or 0.0 for row in rows])
+            ax.invert_yaxis()
+            ax.set_xlabel(header)
+        paths.append(out_dir / "latency.png")
+        fig.savefig(paths[-1], dpi=120)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="infermatrix-report", description="Summarize an infermatrix results table.")
+    parser.add_argument("results", help="a results.jsonl, or a folder holding one (a sweep folder or the store)")
+    parser.add_argument("--baseline", metavar="CELL", help="cell to compare against (default: the first ok cell)")
+    parser.add_argument("--plots", metavar="DIR", help="also write throughput and latency bar charts to DIR")
+    args = parser.parse_args(argv)
+    try:
+        df = load_results(args.results)
+        print(summarize(df, args.baseline))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"infermatrix-report: {exc}", file=sys.stderr)
+        return 2
+    if args.plots:
+        for path in plot(df, args.plots):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
