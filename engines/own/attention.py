@@ -1,0 +1,180 @@
+"""Attention backends over the paged KV cache, one interface: `prepare` once per pass, `forward` per layer.
+
+- torch / triton: the kernels helper's functions (`engines/own/kernels`), decode and prefill parts apart.
+- sdpa: our own path: gather each sequence's K/V through precomputed slot indices, then
+  `scaled_dot_product_attention` (the fast path on CPU, with its fused flash kernel).
+- flash_attn: the flash-attn package's varlen kernel over gathered K/V (CUDA only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engines.own.attn_metadata import AttnMetadata
+
+
+class KernelAttention:
+    """The kernels module API: store_kv, paged_decode_attention, paged_prefill_attention."""
+
+    def __init__(self, kernels: Any) -> None:
+        self.kernels = kernels
+
+    def prepare(self, meta: AttnMetadata, block_size: int) -> None:
+        return None
+
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttnMetadata, scale: float) -> torch.Tensor:
+        self.kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        nd = meta.num_decode_tokens
+        parts = []
+        if nd:
+            parts.append(
+                self.kernels.paged_decode_attention(
+                    q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale
+                )
+            )
+        if q.shape[0] > nd:
+            parts.append(
+                self.kernels.paged_prefill_attention(
+                    q[nd:], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens_q,
+                    meta.prefill_context_lens, scale,
+                )
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@dataclass(slots=True)
+class GatherPlan:
+    """Slot indices (and masks) shared by every layer of one pass."""
+
+    store_rows: torch.Tensor | None  # rows of k/v to store (None = all)
+    store_slots: torch.Tensor
+    decode_slots: torch.Tensor | None  # [Bd, Lmax]
+    decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool
+    prefill_slots: list[torch.Tensor]  # per sequence [ctx]
+    prefill_masks: list[torch.Tensor | None]  # per sequence [q_len, ctx] bool; None = plain causal
+
+
+def _table_slots(tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    positions = torch.arange(length, device=tables.device)
+    blocks = tables[..., positions // block_size].long().clamp_min(0)
+    return blocks * block_size + positions % block_size
+
+
+def gather_plan(meta: AttnMetadata, block_size: int) -> GatherPlan:
+    device = meta.slot_mapping.device
+    keep = meta.slot_mapping >= 0
+    padded = bool((~keep).any()) if meta.slot_mapping.numel() else False
+    store_rows = keep.nonzero().squeeze(1) if padded else None
+    store_slots = meta.slot_mapping[keep] if padded else meta.slot_mapping
+    decode_slots = decode_mask = None
+    if meta.num_decode_tokens:
+        longest = max(meta.decode_context_lens_host)
+        decode_slots = _table_slots(meta.decode_block_tables, longest, block_size)
+        valid = torch.arange(longest, device=device)[None, :] < meta.decode_context_lens.long()[:, None]
+        decode_mask = valid[:, None, None, :]
+    prefill_slots, prefill_masks = [], []
+    for b, (q_len, ctx) in enumerate(zip(meta.prefill_q_lens_host, meta.prefill_context_lens_host)):
+        prefill_slots.append(_table_slots(meta.prefill_block_tables[b], ctx, block_size))
+        if q_len == ctx:
+            prefill_masks.append(None)
+            continue
+        q_pos = torch.arange(ctx - q_len, ctx, device=device)
+        prefill_masks.append(torch.arange(ctx, device=device)[None, :] <= q_pos[:, None])
+    return GatherPlan(store_rows, store_slots, decode_slots, decode_mask, prefill_slots, prefill_masks)
+
+
+class SdpaAttention:
+    def prepare(self, meta: AttnMetadata, block_size: int) -> GatherPlan:
+        return gather_plan(meta, block_size)
+
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttnMetadata, scale: float) -> torch.Tensor:
+        plan: GatherPlan = meta.backend_state
+        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+        group = q.shape[1] // num_kv_heads
+        flat_k = k_cache.view(-1, num_kv_heads, head_dim)
+        flat_v = v_cache.view(-1, num_kv_heads, head_dim)
+        if plan.store_rows is not None:
+            k, v = k[plan.store_rows], v[plan.store_rows]
+        flat_k.index_copy_(0, plan.store_slots, k.to(k_cache.dtype))
+        flat_v.index_copy_(0, plan.store_slots, v.to(v_cache.dtype))
+        out = torch.empty_like(q)
+        nd = meta.num_decode_tokens
+        if nd:
+            # Grouped query heads ride in the query-length dimension: no K/V repeat for GQA.
+            query = q[:nd].view(nd, num_kv_heads, group, head_dim)
+            keys = flat_k[plan.decode_slots].transpose(1, 2)
+            values = flat_v[plan.decode_slots].transpose(1, 2)
+            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.decode_mask, scale=scale)
+            out[:nd] = attended.reshape(nd, -1, head_dim)
+        start = nd
+        for slots, mask, q_len in zip(plan.prefill_slots, plan.prefill_masks, meta.prefill_q_lens_host):
+            query = q[start : start + q_len].transpose(0, 1)  # [H, q_len, D]
+            keys = flat_k[slots].transpose(0, 1).repeat_interleave(group, dim=0)
+            values = flat_v[slots].transpose(0, 1).repeat_interleave(group, dim=0)
+            attended = F.scaled_dot_product_attention(
+                query, keys, values, attn_mask=mask, is_causal=mask is None, scale=scale
+            )
+            out[start : start + q_len] = attended.transpose(0, 1)
+            start += q_len
+        return out
+
+
+class FlashAttention:
+    """flash-attn's varlen kernel; causal masking aligns to the bottom-right, as a KV prefix needs."""
+
+    def __init__(self) -> None:
+        from flash_attn import flash_attn_varlen_func
+
+        self.varlen = flash_attn_varlen_func
+
+    def prepare(self, meta: AttnMetadata, block_size: int) -> tuple[GatherPlan, torch.Tensor, torch.Tensor, int, int]:
+        plan = gather_plan(meta, block_size)
+        nd = meta.num_decode_tokens
+        q_lens = [1] * nd + meta.prefill_q_lens_host
+        ctx_lens = meta.decode_context_lens_host + meta.prefill_context_lens_host
+        device = meta.slot_mapping.device
+        slots = [_table_slots(meta.decode_block_tables[b], n, block_size) for b, n in enumerate(ctx_lens[:nd])]
+        slots = torch.cat(slots + plan.prefill_slots)
+        cu_q = torch.tensor([0] + q_lens, device=device).cumsum(0).int()
+        cu_k = torch.tensor([0] + ctx_lens, device=device).cumsum(0).int()
+        return plan, slots, torch.stack([cu_q, cu_k]), max(q_lens), max(ctx_lens)
+
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttnMetadata, scale: float) -> torch.Tensor:
+        plan, slots, cu, max_q, max_k = meta.backend_state
+        flat_k = k_cache.view(-1, *k_cache.shape[2:])
+        flat_v = v_cache.view(-1, *v_cache.shape[2:])
+        if plan.store_rows is not None:
+            k, v = k[plan.store_rows], v[plan.store_rows]
+        flat_k.index_copy_(0, plan.store_slots, k.to(k_cache.dtype))
+        flat_v.index_copy_(0, plan.store_slots, v.to(v_cache.dtype))
+        return self.varlen(
+            q, flat_k[slots], flat_v[slots], cu[0], cu[1], max_q, max_k, softmax_scale=scale, causal=True
+        )
+
+
+def make_attention(name: str, device: torch.device) -> KernelAttention | SdpaAttention | FlashAttention:
+    """The backend for a technique value; raises ValueError naming why it cannot run here."""
+    if name == "sdpa":
+        return SdpaAttention()
+    if name == "flash_attn":
+        if device.type != "cuda":
+            raise ValueError("flash_attn needs a CUDA device")
+        try:
+            return FlashAttention()
+        except ImportError as exc:
+            raise ValueError(f"flash_attn is not importable: {exc}") from exc
+    if name == "triton":
+        import os
+
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("triton attention needs CUDA (or TRITON_INTERPRET=1 on CPU)")
+    from engines.own.kernels import load_backend
+
+    try:
+        return KernelAttention(load_backend(name))
+    except ImportError as exc:
+        raise ValueError(f"attention backend '{name}' is not importable: {exc}") from exc

@@ -1,0 +1,176 @@
+"""`OwnEngine`: our engine behind the project's contract (engines/base.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from engines.base import (
+    Attention,
+    Batching,
+    Engine,
+    EngineOptions,
+    Graphs,
+    KVCache,
+    ModelSpec,
+    ProgressFn,
+    Request,
+    RequestOutput,
+    ScoredSequence,
+    Technique,
+    UnsupportedTechnique,
+)
+from engines.own.attention import make_attention
+from engines.own.kv_pool import (
+    allocate_kv_caches,
+    default_kv_budget,
+    kv_bytes_per_token,
+    max_concurrent_sequences,
+    num_blocks_for_budget,
+)
+from engines.own.llm_engine import CoreConfig, LLMEngine
+from engines.own.loader import load_model, torch_dtype
+from engines.own.model_runner import ModelRunner
+from engines.own.scheduler import SchedulerConfig
+from engines.own.scoring import score_sequences
+from engines.own.technique_setup import apply_graphs, check_device_support
+
+
+class OwnEngine(Engine):
+    name: ClassVar[str] = "own"
+    supports: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "kv_cache": (KVCache.paged, KVCache.contiguous, KVCache.none),
+        "batching": (Batching.continuous, Batching.static),
+        "chunked_prefill": (True, False),
+        "prefix_cache": (True, False),
+        "attention": (Attention.torch, Attention.sdpa, Attention.triton, Attention.flash_attn),
+        "graphs": (Graphs.eager, Graphs.compile, Graphs.cuda_graphs),
+    }
+    defaults: ClassVar[dict[str, Any]] = {
+        "kv_cache": KVCache.paged,
+        "batching": Batching.continuous,
+        "chunked_prefill": True,
+        "prefix_cache": True,
+        "attention": Attention.sdpa,
+        "graphs": Graphs.eager,
+    }
+
+    @classmethod
+    def resolve_technique(cls, requested: Technique) -> Technique:
+        """Base resolution, except that defaults which need paged KV turn off when the KV mode cannot
+        honour them (asking for them explicitly is still an error)."""
+        kv = requested.kv_cache or cls.defaults["kv_cache"]
+        adjusted = Technique(**{f: getattr(requested, f) for f in requested.__dataclass_fields__})
+        if kv != KVCache.paged and requested.prefix_cache is None:
+            adjusted.prefix_cache = False
+        if kv == KVCache.none and requested.chunked_prefill is None:
+            adjusted.chunked_prefill = False
+        resolved = super().resolve_technique(adjusted)
+        if resolved.prefix_cache and resolved.kv_cache != KVCache.paged:
+            raise UnsupportedTechnique(f"engine 'own': prefix_cache needs kv_cache=paged, not {resolved.kv_cache.value}")
+        if resolved.chunked_prefill and resolved.kv_cache == KVCache.none:
+            raise UnsupportedTechnique("engine 'own': chunked_prefill needs a KV cache (kv_cache=none recomputes all)")
+        return resolved
+
+    def __init__(self, model: ModelSpec, technique: Technique, options: EngineOptions, device: str) -> None:
+        self.device = torch.device(device)
+        self.technique = technique
+        self.options = options
+        self.spec = model
+        check_device_support(technique, self.device)
+        self.model, hf_config = load_model(model, self.device)
+        config = self.model.config
+        try:
+            attention = make_attention(technique.attention.value, self.device)
+        except ValueError as exc:
+            raise UnsupportedTechnique(f"engine 'own': attention={technique.attention.value}: {exc}") from exc
+        dtype = torch_dtype(model.dtype)
+        self.max_model_len = config.max_position
+        self.kv_bytes_per_token = kv_bytes_per_token(config, dtype)
+        budget = options.kv_cache_bytes or default_kv_budget(
+            config, dtype, self.device, options.max_num_seqs * self.max_model_len, options.gpu_memory_utilization
+        )
+        num_blocks = num_blocks_for_budget(budget, config, dtype, options.block_size)
+        if num_blocks < 1:
+            raise ValueError(f"KV budget of {budget} bytes holds no block of {options.block_size} tokens")
+        self.model.bind(attention, allocate_kv_caches(config, num_blocks, options.block_size, dtype, self.device),
+                        options.block_size)
+        self.runner = ModelRunner(self.model, options.block_size, self.device)
+        apply_graphs(technique.graphs, self.runner, self.device)
+        scheduler = SchedulerConfig(
+            max_num_seqs=options.max_num_seqs,
+            max_num_batched_tokens=options.max_num_batched_tokens,
+            chunked_prefill=bool(technique.chunked_prefill),
+            static_batching=technique.batching == Batching.static,
+            static_batch_size=options.batch_size,
+            recompute_every_step=technique.kv_cache == KVCache.none,
+        )
+        self.llm = LLMEngine(
+            self.runner,
+            CoreConfig(
+                kv_cache=technique.kv_cache.value,
+                prefix_cache=bool(technique.prefix_cache),
+                scheduler=scheduler,
+                block_size=options.block_size,
+                num_blocks=num_blocks,
+                max_model_len=self.max_model_len,
+                vocab_size=config.vocab_size,
+                eos_token_ids=_eos_token_ids(model, hf_config),
+                kv_bytes_per_token=self.kv_bytes_per_token,
+            ),
+        )
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def generate(self, requests: Seq[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
+        return self.llm.generate(requests, progress)
+
+    def score(self, sequences: Seq[Seq[int]]) -> list[ScoredSequence]:
+        return score_sequences(self.llm, self.runner, sequences, self.options.max_num_batched_tokens)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        ids = self.llm.config.eos_token_ids
+        return ids[0] if ids else None
+
+    def max_concurrent_sequences(self, seq_lens: list[int], kv_cache: str | None = None) -> int:
+        """How many sequences of these final lengths this engine's KV pool holds at once."""
+        kv = kv_cache or self.technique.kv_cache.value
+        return max_concurrent_sequences(self.llm.kv.num_blocks, self.options.block_size, seq_lens, kv,
+                                        self.max_model_len)
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.llm.stats()
+        stats.update(
+            model_random_weights=self.spec.is_random,
+            max_model_len=self.max_model_len,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            block_size=self.options.block_size,
+        )
+        if self.device.type == "cuda":
+            stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        else:
+            import resource
+
+            stats["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        return stats
+
+    def close(self) -> None:
+        self.model.bind(None, [], self.options.block_size)
+        self.llm = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _eos_token_ids(spec: ModelSpec, hf_config: dict) -> tuple[int, ...]:
+    """EOS ids from config.json plus generation_config.json (Llama 3 instruct lists several there)."""
+    ids = hf_config.get("eos_token_id")
+    found = list(ids) if isinstance(ids, list) else ([ids] if ids is not None else [])
+    if spec.path and Path(spec.path, "generation_config.json").is_file():
+        generation = json.loads(Path(spec.path, "generation_config.json").read_text()).get("eos_token_id")
+        found += generation if isinstance(generation, list) else ([generation] if generation is not None else [])
+    return tuple(dict.fromkeys(int(i) for i in found))

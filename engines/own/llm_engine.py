@@ -1,0 +1,172 @@
+"""The engine loop: `add_request`, then `step()` = schedule -> run model -> postprocess, until done.
+
+`generate` is the offline (LLM-style) entry over token-id prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+
+from engines.base import Request, RequestOutput, SamplingParams, now
+from engines.own.block_manager import BlockManager
+from engines.own.contiguous_allocator import ContiguousAllocator
+from engines.own.model_runner import ModelRunner
+from engines.own.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from engines.own.sequence import Sequence, Status
+from engines.own.validation import request_error
+
+
+@dataclass(slots=True)
+class CoreConfig:
+    kv_cache: str  # paged | contiguous | none
+    prefix_cache: bool
+    scheduler: SchedulerConfig
+    block_size: int
+    num_blocks: int
+    max_model_len: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    kv_bytes_per_token: int
+
+
+@dataclass(slots=True)
+class StepCounters:
+    steps: int = 0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    generated_tokens: int = 0
+    peak_used_blocks: int = 0
+    peak_running: int = 0
+    allocated_block_steps: int = 0  # sum over steps of blocks held: time-weighted KV allocation
+    real_token_steps: int = 0  # sum over steps of tokens with KV: time-weighted useful KV
+
+
+class LLMEngine:
+    def __init__(self, runner: ModelRunner, config: CoreConfig) -> None:
+        self.runner = runner
+        self.config = config
+        if config.kv_cache == "contiguous":
+            self.kv = ContiguousAllocator(config.num_blocks, config.block_size, config.max_model_len)
+        else:
+            self.kv = BlockManager(config.num_blocks, config.block_size, config.prefix_cache)
+        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.counters = StepCounters()
+        self.rejected: list[Sequence] = []
+        # contiguous regions cap what one sequence may hold; paged may use the whole pool
+        region = self.kv.blocks_needed(1) if config.kv_cache == "contiguous" else config.num_blocks
+        self.max_kv_tokens = region * config.block_size
+
+    def add_request(self, request: Request) -> Sequence:
+        sampling = request.sampling
+        prompt = [int(t) for t in request.prompt_token_ids] if isinstance(sampling, SamplingParams) else []
+        seq = Sequence(request.request_id, prompt, len(prompt), sampling, now())
+        error = request_error(request, self.config.vocab_size, self.config.max_model_len, self.max_kv_tokens)
+        if error is not None:
+            seq.prompt_len = len(request.prompt_token_ids)
+            seq.finish("error", error)
+            self.rejected.append(seq)
+            return seq
+        if sampling.seed is not None and sampling.temperature > 0:
+            seq.generator = torch.Generator(device=self.runner.device).manual_seed(sampling.seed)
+        self.scheduler.add(seq)
+        return seq
+
+    def has_unfinished(self) -> bool:
+        return bool(self.rejected) or self.scheduler.has_unfinished()
+
+    def step(self) -> list[Sequence]:
+        """One engine iteration; returns the sequences that finished in it."""
+        finished, self.rejected = self.rejected, []
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return finished + self._fail_unschedulable()
+        self._count(batch)
+        sampled, token_ids = self.runner.execute(batch)
+        stamp = now()  # the sampled ids are on the host now
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += num_new
+            self.kv.register_computed_blocks(seq)
+        for seq, token in zip(sampled, token_ids):
+            seq.token_ids.append(token)
+            seq.token_times.append(stamp)
+            reason = self._finish_reason(seq, token)
+            if reason is not None:
+                seq.finish(reason)
+                finished.append(seq)
+        self.counters.generated_tokens += len(sampled)
+        self.scheduler.finish_step(batch)
+        return finished
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        params = seq.sampling
+        if token in params.stop_token_ids or (not params.ignore_eos and token in self.config.eos_token_ids):
+            return "stop"
+        if seq.num_generated >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
+            return "length"
+        return None
+
+    def _fail_unschedulable(self) -> list[Sequence]:
+        # Nothing ran although work is waiting: the head request can never get its blocks.
+        if self.scheduler.running or not self.scheduler.waiting:
+            return []
+        seq = self.scheduler.waiting.popleft()
+        seq.finish("error", f"not enough KV blocks for {seq.num_tokens} tokens (pool: {self.kv.num_blocks} blocks)")
+        return [seq]
+
+    def _count(self, batch: ScheduledBatch) -> None:
+        c = self.counters
+        c.steps += 1
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            if num_new == 1:
+                c.decode_tokens += 1
+            else:
+                c.prefill_tokens += num_new
+        c.peak_used_blocks = max(c.peak_used_blocks, self.kv.num_used_blocks)
+        c.peak_running = max(c.peak_running, len(self.scheduler.running))
+        c.allocated_block_steps += self.kv.num_used_blocks
+        c.real_token_steps += sum(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
+
+    def generate(
+        self,
+        requests: Seq[Request],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[RequestOutput]:
+        """Run `requests` to completion; outputs in request order."""
+        seqs = [self.add_request(r) for r in requests]
+        while self.has_unfinished():
+            done = self.step()
+            if progress is not None and done:
+                progress(len(done))
+        return [s.output() for s in seqs]
+
+    def generate_tokens(
+        self, prompts: list[list[int]], sampling: SamplingParams | list[SamplingParams]
+    ) -> list[RequestOutput]:
+        """LLM-style offline entry: token-id prompts with one or per-prompt sampling parameters."""
+        params = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
+        requests = [Request(str(i), list(p), s) for i, (p, s) in enumerate(zip(prompts, params))]
+        return self.generate(requests)
+
+    def stats(self) -> dict:
+        c = self.counters
+        block_bytes = self.config.kv_bytes_per_token * self.config.block_size
+        allocated = c.allocated_block_steps * self.config.block_size
+        return {
+            "steps": c.steps,
+            "prefill_tokens": c.prefill_tokens,
+            "decode_tokens": c.decode_tokens,
+            "generated_tokens": c.generated_tokens,
+            "preemptions": self.scheduler.total_preemptions,
+            "peak_running_seqs": c.peak_running,
+            "kv_blocks_total": self.kv.num_blocks,
+            "kv_blocks_used": self.kv.num_used_blocks,
+            "kv_blocks_free": self.kv.num_free_blocks,
+            "kv_bytes_pool": self.kv.num_blocks * block_bytes,
+            "kv_bytes_peak_allocated": c.peak_used_blocks * block_bytes,
+            "kv_waste_pct": 100.0 * (1 - c.real_token_steps / allocated) if allocated else 0.0,
+            "prefix_cache_hit_rate": self.kv.hit_rate(),
+            "prefix_cache_hit_tokens": self.kv.hits,
+        }

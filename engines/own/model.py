@@ -1,0 +1,108 @@
+"""The decoder-only transformer (Llama family) over packed tokens and a paged KV cache.
+
+Projections are fused on load (q|k|v and gate|up) so each layer runs two big matmuls instead of five.
+All math follows HF's Llama: RMSNorm in float32, rotate-half RoPE, SwiGLU, residual adds in model dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engines.own.attn_metadata import AttnMetadata
+from engines.own.config import ModelConfig
+from engines.own.rope import apply_rope, cos_sin_table
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c = config
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.eps = c.rms_norm_eps
+        qkv_rows = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        self.input_norm = nn.Parameter(torch.ones(c.hidden_size))
+        self.qkv_weight = nn.Parameter(torch.empty(qkv_rows, c.hidden_size))
+        self.qkv_bias = nn.Parameter(torch.zeros(qkv_rows)) if c.qkv_bias else None
+        self.q_norm = nn.Parameter(torch.ones(c.head_dim)) if c.qk_norm else None
+        self.k_norm = nn.Parameter(torch.ones(c.head_dim)) if c.qk_norm else None
+        self.o_weight = nn.Parameter(torch.empty(c.hidden_size, c.num_heads * c.head_dim))
+        self.post_attn_norm = nn.Parameter(torch.ones(c.hidden_size))
+        self.gate_up_weight = nn.Parameter(torch.empty(2 * c.intermediate_size, c.hidden_size))
+        self.down_weight = nn.Parameter(torch.empty(c.hidden_size, c.intermediate_size))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttnMetadata,
+        attention,
+    ) -> torch.Tensor:
+        tokens = hidden.shape[0]
+        residual = hidden
+        hidden = rms_norm(hidden, self.input_norm, self.eps)
+        qkv = F.linear(hidden, self.qkv_weight, self.qkv_bias)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = rms_norm(q, self.q_norm, self.eps)
+            k = rms_norm(k, self.k_norm, self.eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        attn = attention.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.head_dim**-0.5)
+        hidden = residual + F.linear(attn.reshape(tokens, q_size), self.o_weight)
+        residual = hidden
+        hidden = rms_norm(hidden, self.post_attn_norm, self.eps)
+        gate, up = F.linear(hidden, self.gate_up_weight).chunk(2, dim=-1)
+        return residual + F.linear(F.silu(gate) * up, self.down_weight)
+
+
+class CausalLM(nn.Module):
+    """Token ids + positions + attention metadata -> hidden states; `logits` maps chosen rows to the vocab."""
+
+    def __init__(self, config: ModelConfig, max_position: int) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size))
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.final_norm = nn.Parameter(torch.ones(config.hidden_size))
+        self.lm_head = None if config.tie_word_embeddings else nn.Parameter(torch.empty_like(self.embed))
+        cos, sin = cos_sin_table(config.rope, config.head_dim, max_position)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.attention = None  # set by the engine: an attention backend (engines/own/attention.py)
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.block_size = 16
+
+    def bind(self, attention, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], block_size: int) -> None:
+        self.attention, self.kv_caches, self.block_size = attention, kv_caches, block_size
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:
+        meta.backend_state = self.attention.prepare(meta, self.block_size)
+        return self.forward_prepared(input_ids, positions, meta)
+
+    def forward_prepared(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:
+        """The layers alone (metadata already prepared): the part torch.compile or a graph runner wraps."""
+        hidden = F.embedding(input_ids, self.embed)
+        dtype = hidden.dtype
+        cos, sin = self.rope_cos[positions].to(dtype), self.rope_sin[positions].to(dtype)
+        for layer, kv_cache in zip(self.layers, self.kv_caches):
+            hidden = layer(hidden, cos, sin, kv_cache, meta, self.attention)
+        return rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits `[N, vocab]` for final-norm hidden rows `[N, hidden]`."""
+        weight = self.embed if self.lm_head is None else self.lm_head
+        return F.linear(hidden, weight).float()

@@ -1,0 +1,53 @@
+"""Next-token choice for a batch of logit rows: greedy, temperature, top-k, top-p, per-request seeds.
+
+Everything stays on the device; the caller fetches the chosen ids with one host copy per step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engines.base import SamplingParams
+
+
+def top_k_mask(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Set to -inf every logit below each row's k-th largest (k = 0 keeps the row whole)."""
+    vocab = logits.shape[-1]
+    k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab).long()
+    kth_largest = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def top_p_mask(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Keep each row's smallest set of most likely tokens whose probability reaches top_p (at least one)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the strictly more likely tokens
+    drop_sorted = mass_before >= top_p[:, None]
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> torch.Tensor:
+    """Chosen token ids `[N]` (int64, on the logits' device) for float32 logits `[N, vocab]`."""
+    greedy = logits.argmax(dim=-1)
+    sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not sampled_rows:
+        return greedy
+    device = logits.device
+    rows = torch.tensor(sampled_rows, device=device)
+    chosen = [params[i] for i in sampled_rows]
+    temperature = torch.tensor([p.temperature for p in chosen], device=device, dtype=logits.dtype)
+    scaled = logits[rows] / temperature[:, None]
+    if any(p.top_k > 0 for p in chosen):
+        scaled = top_k_mask(scaled, torch.tensor([p.top_k for p in chosen], device=device))
+    if any(p.top_p < 1.0 for p in chosen):
+        scaled = top_p_mask(scaled, torch.tensor([p.top_p for p in chosen], device=device, dtype=logits.dtype))
+    probs = scaled.softmax(dim=-1)
+    draws = [
+        torch.multinomial(probs[j], 1, generator=generators[i]) for j, i in enumerate(sampled_rows)
+    ]
+    return greedy.index_copy(0, rows, torch.cat(draws))
