@@ -29,7 +29,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 @dataclass(slots=True)
 class PagedBatch:
-    k_cache: torch.Tensor  # [num_blocks, block_size, KVH, D]; blocks no sequence owns hold noise
+    k_cache: torch.Tensor  # [num_blocks, block_size, KVH, D]; slots no sequence owns hold NaN
     v_cache: torch.Tensor
     block_tables: torch.Tensor  # [B, W] int32, shuffled block ids, padded with -1
     context_lens: torch.Tensor  # [B] int32
@@ -42,8 +42,9 @@ def paged_batch(lengths, block_size, num_kv_heads, head_dim, dtype, seed=0) -> P
     owned = [math.ceil(n / block_size) for n in lengths]
     num_blocks = sum(owned) + 3
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.randn(shape, generator=gen).to(dtype)
-    v_cache = torch.randn(shape, generator=gen).to(dtype)
+    # Slots no sequence wrote hold NaN, as an unwritten torch.empty cache may: kernels must never let them in.
+    k_cache = torch.full(shape, float("nan"), dtype=dtype)
+    v_cache = torch.full(shape, float("nan"), dtype=dtype)
     free = torch.randperm(num_blocks, generator=gen).tolist()
     tables = torch.full((len(lengths), max(owned, default=0) + 1), -1, dtype=torch.int32)
     keys, values = [], []
@@ -149,7 +150,8 @@ class TestTritonMatchesReference:
         slots = torch.tensor([7, -1, 0, 12, -1], device=DEVICE)
         reference.store_kv(k, v, expected.k_cache, expected.v_cache, slots)
         triton_kernels.store_kv(k, v, actual.k_cache, actual.v_cache, slots)
-        assert torch.equal(actual.k_cache, expected.k_cache) and torch.equal(actual.v_cache, expected.v_cache)
+        torch.testing.assert_close(actual.k_cache, expected.k_cache, atol=0, rtol=0, equal_nan=True)
+        torch.testing.assert_close(actual.v_cache, expected.v_cache, atol=0, rtol=0, equal_nan=True)
 
     @pytest.mark.parametrize(
         "heads,kv_heads,dim,block_size,lengths,dtype",

@@ -52,6 +52,7 @@ def paged_decode_attention(
     positions = torch.arange(keys.shape[1], device=q.device)
     valid = positions[None, :] < lens[:, None]  # [B, N]
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    values = values.masked_fill(~valid[:, :, None, None], 0.0)  # unwritten cache slots may hold NaN
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an empty context (padding row) gives zeros
     out = torch.einsum("bkgn,bnkd->bkgd", probs, values)
     return out.reshape(batch, num_heads, head_dim).to(q.dtype)
