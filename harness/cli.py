@@ -14,6 +14,9 @@ from harness.config import register
 
 register()
 
+# An absolute path: relative ones resolve against the Python package when run as a console script.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
 
 def job_dirs() -> tuple[Path, Path, str, int]:
     """(cell output dir, sweep dir, sweep id, job number) from Hydra's runtime config."""
@@ -21,11 +24,11 @@ def job_dirs() -> tuple[Path, Path, str, int]:
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     sweep_dir = Path(hc.sweep.dir) if multirun else out_dir
-    sweep_id = str(sweep_dir).strip("/").replace("/", "_")
+    sweep_id = "_".join(sweep_dir.parts[-2:])  # <date>_<time> under Hydra's default dirs
     return out_dir, sweep_dir, sweep_id, (hc.job.num if multirun else 0)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def app(cfg: DictConfig) -> None:
     import pandas as pd
 

@@ -96,7 +96,7 @@ def measure_cell(config: Config, out_dir: Path, result: dict[str, Any]) -> None:
         result["workload"] = {"repeats": [w.describe() for w in measurement.workloads]}
         result["requests"] = per_request_rows(measurement.runs)
         result["engine_stats"] = engine.stats()
-        if config.eval.tasks:
+        if config.eval.selected():
             from harness.eval import evaluate, find_baseline
 
             rows = list(record.read_rows(Path(config.store) / record.TABLE_NAME))

@@ -1,0 +1,75 @@
+"""Config composition and validation: bad values fail loudly and name the valid choices."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ValidationError
+
+from harness.config import Config, ConfigError, ModelConfig, ModelSource, load, register
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register()
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_default_config_is_the_hf_latency_cell_on_the_embedded_model():
+    config = load(compose_config())
+    assert isinstance(config, Config)
+    assert (config.engine.name, config.model.name, config.scenario.name.value) == ("hf", "smollm2-135m", "latency")
+    assert config.model.source is ModelSource.auto and config.model.has_embedded
+    assert config.technique.kv_cache is None  # the engine's default, resolved and recorded at run time
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "llama-2-7b", "qwen2.5-0.5b", "qwen2.5-7b", "mistral-7b"])
+def test_shipped_model_configs_load_with_random_weights(model):
+    config = load(compose_config(f"model={model}", "model.source=random"))
+    assert config.model.architecture["vocab_size"] > 30000
+
+
+def test_bad_enum_value_names_the_valid_choices():
+    with pytest.raises((ValidationError, ConfigCompositionException)) as err:
+        compose_config("technique.kv_cache=bogus")
+    message = str(err.value) + str(err.value.__cause__)
+    for choice in ("paged", "contiguous", "none"):
+        assert choice in message
+
+
+def test_unknown_group_option_lists_the_available_ones():
+    with pytest.raises(MissingConfigException) as err:
+        compose_config("engine=nonexistent")
+    assert "hf" in str(err.value) and "own" in str(err.value)
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(ConfigCompositionException):
+        compose_config("scenario.bogus_key=1")
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("scenario.repeats=0", "scenario.repeats must be >= 1"),
+        ("engine.name=nope", "choose one of"),
+        ("workload.input_len.low=0", "workload.input_len"),
+        ("model.source=embedded", None),  # smollm2 has an embedded copy: valid
+        ("threads=0", "threads must be >= 1"),
+    ],
+)
+def test_range_and_cross_field_checks_raise_config_error(override, fragment):
+    cfg = compose_config(override)
+    if fragment is None:
+        load(cfg)
+        return
+    with pytest.raises(ConfigError, match=fragment):
+        load(cfg)
+
+
+def test_random_source_without_architecture_is_refused():
+    with pytest.raises(ConfigError, match="needs model.architecture"):
+        ModelConfig(name="custom", source=ModelSource.random)
