@@ -13,7 +13,6 @@ What HF cannot do per request inside one batch, and how this engine copes:
 from __future__ import annotations
 
 import resource
-import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -34,6 +33,8 @@ from engines.base import (
     Technique,
     now,
 )
+from engines.hf_steps import StepRecorder
+from engines.padding import pad_batch, token_budget_batches
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,37 +58,6 @@ def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
     return lm.to(device).eval()
 
 
-class StepRecorder:
-    """HF stopping criterion: called once per decoding step with the sequences so far.
-
-    Records each unfinished row's new token with the step's timestamp and marks rows that hit
-    their own token limit or a stop token. Finished rows keep receiving pad tokens from HF,
-    which are not recorded.
-    """
-
-    def __init__(self, limits: list[int], stop_sets: list[frozenset[int]]):
-        self.limits = limits
-        self.stop_sets = stop_sets
-        self.tokens: list[list[int]] = [[] for _ in limits]
-        self.times: list[list[float]] = [[] for _ in limits]
-        self.reasons: list[str | None] = [None] * len(limits)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        newest = input_ids[:, -1].tolist()  # host copy: waits until the step's tokens exist
-        stamp = time.perf_counter()
-        for row, token in enumerate(newest):
-            if self.reasons[row] is not None:
-                continue
-            self.tokens[row].append(token)
-            self.times[row].append(stamp)
-            if token in self.stop_sets[row]:
-                self.reasons[row] = "stop"
-            elif len(self.tokens[row]) >= self.limits[row]:
-                self.reasons[row] = "length"
-        finished = [reason is not None for reason in self.reasons]
-        return torch.tensor(finished, dtype=torch.bool, device=input_ids.device)
-
-
 def cache_bytes(cache: Any) -> int:
     """Bytes held by the key/value tensors of an HF cache object (0 when there is none)."""
     total = 0
@@ -96,26 +66,6 @@ def cache_bytes(cache: Any) -> int:
             if isinstance(tensor, torch.Tensor):
                 total += tensor.numel() * tensor.element_size()
     return total
-
-
-def left_pad(prompts: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def right_pad(seqs: list[Sequence[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
 
 
 class HFEngine(Engine):
@@ -239,7 +189,7 @@ class HFEngine(Engine):
         seed = next((r.sampling.seed for r in batch if r.sampling.seed is not None), None)
         if sampled and seed is not None:
             torch.manual_seed(seed)
-        ids, mask = left_pad([r.prompt_token_ids for r in batch], self.pad_id, self.device)
+        ids, mask = pad_batch([r.prompt_token_ids for r in batch], self.pad_id, self.device, left=True)
         with torch.inference_mode():
             result = self.model.generate(
                 input_ids=ids,
@@ -266,7 +216,7 @@ class HFEngine(Engine):
         results: list[ScoredSequence | None] = [None] * len(sequences)
         for batch in self.score_batches(sequences):
             seqs = [sequences[i] for i in batch]
-            ids, mask = right_pad(seqs, self.pad_id, self.device)
+            ids, mask = pad_batch(seqs, self.pad_id, self.device, left=False)
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
                 logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -279,20 +229,9 @@ class HFEngine(Engine):
         return results  # type: ignore[return-value]
 
     def score_batches(self, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Longest first, so padding stays small; padded tokens per batch within max_num_batched_tokens."""
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        budget = self.options.max_num_batched_tokens
-        cap = self.options.batch_size or len(sequences)
-        batches: list[list[int]] = []
-        for index in order:
-            if batches:
-                current = batches[-1]
-                width = len(sequences[current[0]])  # the first member is the longest
-                if len(current) < cap and width * (len(current) + 1) <= budget:
-                    current.append(index)
-                    continue
-            batches.append([index])
-        return batches
+        """Scoring batches: padded tokens within max_num_batched_tokens, rows within batch_size."""
+        cap = self.options.batch_size or max(len(sequences), 1)
+        return token_budget_batches([len(s) for s in sequences], self.options.max_num_batched_tokens, cap)
 
     def stats(self) -> dict[str, Any]:
         params = sum(p.numel() * p.element_size() for p in self.model.parameters())
