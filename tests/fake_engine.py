@@ -1,0 +1,42 @@
+"""A test double for the engine contract: real timestamps, trivial compute, optional failure."""
+
+from __future__ import annotations
+
+from engines.base import Attention, Batching, Engine, KVCache, RequestOutput, ScoredSequence, now
+
+CALLS: list[int] = []  # number of requests per generate call, for tests to inspect
+
+
+class FakeEngine(Engine):
+    name = "fake"
+    supports = {"kv_cache": (KVCache.none,), "batching": (Batching.static,), "chunked_prefill": (False,),
+                "prefix_cache": (False,), "attention": (Attention.torch,), "graphs": ()}  # fmt: skip
+    defaults = {"kv_cache": KVCache.none, "batching": Batching.static, "chunked_prefill": False,
+                "prefix_cache": False, "attention": Attention.torch}  # fmt: skip
+    fail_with: str | None = None
+
+    def __init__(self, model, technique, options, device):
+        self.technique = technique
+
+    def generate(self, requests, progress=None):
+        if self.fail_with:
+            raise RuntimeError(self.fail_with)
+        CALLS.append(len(requests))
+        arrival = now()
+        outs = []
+        for r in requests:
+            times = [now() for _ in range(r.sampling.max_tokens)]
+            outs.append(RequestOutput(r.request_id, len(r.prompt_token_ids), [7] * len(times), times, arrival, "length"))
+            if progress:
+                progress(1)
+        return outs
+
+    def score(self, sequences):
+        return [ScoredSequence([0.0] * (len(s) - 1), [True] * (len(s) - 1)) for s in sequences]
+
+    def stats(self):
+        return {"fake": True}
+
+    @property
+    def eos_token_id(self):
+        return 2
