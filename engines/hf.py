@@ -94,7 +94,7 @@ class HFEngine(Engine):
         self.technique = technique
         self.options = options
         self.device = device
-        if device == "cuda":
+        if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         self.model = load_model(model, device)
         config = self.model.config
@@ -243,7 +243,7 @@ class HFEngine(Engine):
         }
         if self.technique.kv_cache == KVCache.contiguous:
             out["kv_bytes_allocated"] = self.kv_bytes_peak  # largest batch cache seen so far
-        if self.device == "cuda":
+        if self.device.startswith("cuda"):
             out["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
         else:
             out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -251,5 +251,5 @@ class HFEngine(Engine):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
-        if self.device == "cuda":
+        if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -62,11 +62,11 @@ def requests_for(prompts, **sampling):
     return [Request(f"r{i}", p, SamplingParams(**sampling)) for i, p in enumerate(prompts)]
 
 
-def hf_generate(model, prompts, max_new_tokens):
+def hf_generate(model, prompts, max_new_tokens, device="cpu"):
     """Plain `model.generate` on one left-padded batch, each row cut after its first EOS."""
     width = max(len(p) for p in prompts)
-    ids = torch.tensor([[EOS] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[EOS] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
@@ -227,3 +227,18 @@ def test_stats_report_parameters_kv_bytes_and_memory(smollm2_dir, prompt_ids):
     assert stats["kv_bytes_allocated"] == per_token * 3 * (max(len(p) for p in prompt_ids) + 3)
     assert stats["peak_rss_bytes"] > stats["param_bytes"]
     assert fresh.eos_token_id == EOS
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_greedy_tokens_equal_hf_generate_and_peak_memory_is_reported(smollm2_dir, reference, prompt_ids):
+    spec = ModelSpec("smollm2", str(smollm2_dir))
+    gpu = create_engine("hf", spec, Technique(), EngineOptions(), "cuda")
+    outputs = gpu.generate(requests_for(prompt_ids, max_tokens=8))
+    try:
+        expected = hf_generate(reference.to("cuda"), prompt_ids, 8, device="cuda")
+    finally:
+        reference.to("cpu")
+    assert [o.token_ids for o in outputs] == expected
+    stats = gpu.stats()
+    assert stats["peak_memory_bytes"] >= stats["param_bytes"] > 0
