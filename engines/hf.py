@@ -7,7 +7,8 @@ What HF cannot do per request inside one batch, and how this engine copes:
   request that has a seed; other requests' seeds are not honoured individually;
 - max_tokens / stop tokens / EOS: HF is told about none of them (so ignore_eos cannot change
   which tokens come out); a stopping criterion applies them per row, time-stamps every step
-  and ends the batch once every row is finished.
+  and ends the batch once every row is finished. A stop or EOS token is kept as the request's
+  last token (finish_reason "stop"); a request also ends at the model's context length.
 """
 
 from __future__ import annotations
