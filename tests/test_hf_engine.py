@@ -215,6 +215,14 @@ def test_random_weights_are_seeded_and_reported():
     assert stats["param_bytes"] == sum(p.numel() * 4 for p in first.model.parameters())
 
 
+def test_generation_ends_at_the_models_context_length():
+    tiny = create_engine("hf", ModelSpec("tiny", None, random_config=TINY_LLAMA), Technique(), EngineOptions(), "cpu")
+    context = TINY_LLAMA["max_position_embeddings"]
+    near_end = Request("near-end", [3] * (context - 2), SamplingParams(max_tokens=5, ignore_eos=True))
+    output = tiny.generate([near_end])[0]
+    assert len(output.token_ids) == 2 and output.finish_reason == "length"
+
+
 def test_stats_report_parameters_kv_bytes_and_memory(smollm2_dir, prompt_ids):
     fresh = make_engine(smollm2_dir)
     fresh.generate(requests_for(prompt_ids, max_tokens=4))
