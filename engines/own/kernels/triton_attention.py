@@ -138,7 +138,7 @@ def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
         raise ValueError("k_cache and v_cache must be contiguous [num_blocks, block_size, num_kv_heads, head_dim]")
     block_size, head_dim = k_cache.shape[1], k_cache.shape[3]
     if block_size & (block_size - 1) or head_dim & (head_dim - 1) or head_dim < 16:
-        raise ValueError(f"block_size and head_dim must be powers of two (head_dim >= 16); got {block_size}, {head_dim}")
+        raise ValueError(f"block_size and head_dim must be powers of two, head_dim >= 16: got {block_size}, {head_dim}")
 
 
 def _dot_precision(k_cache: torch.Tensor) -> str:
