@@ -46,6 +46,16 @@ def mmlu_subjects() -> list[str]:
     return sorted(p.stem.removeprefix("mmlu_") for p in folder.glob("mmlu_*.yaml"))
 
 
+def mmlu_categories() -> dict[str, list[str]]:
+    """Subjects by lm-eval's MMLU category (stem, humanities, social_sciences, other)."""
+    categories: dict[str, list[str]] = {}
+    for subject in mmlu_subjects():
+        spec = yaml.safe_load((builtin_tasks_dir() / "mmlu" / "default" / f"mmlu_{subject}.yaml").read_text())
+        category = spec["tag"].removeprefix("mmlu_").removesuffix("_tasks")
+        categories.setdefault(category, []).append(subject)
+    return categories
+
+
 def local_override(builtin: Path, task: str, alias: str | None, data_files: dict[str, str]) -> dict:
     """A task identical to `builtin` except for its name and where its data comes from."""
     spec = {"include": str(builtin), "task": task, "tag": [], "dataset_path": "json", "dataset_name": None}

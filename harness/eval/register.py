@@ -1,0 +1,80 @@
+"""`infermatrix` as an lm-eval model name, built from lm-eval's `--model_args` strings.
+
+lm-eval 0.4.13 finds models only in its own registry (no entry-point discovery), so
+`register()` must run in the process before lm-eval looks the name up; the console script
+`infermatrix-lm-eval` (harness/eval/cli.py) does that and then runs lm-eval's own CLI.
+
+    --model infermatrix --model_args engine=own,model=<folder|.gguf|hub id|embedded>,dtype=float32,kv_cache=paged
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from engines import create_engine
+from engines.base import EngineOptions, ModelSpec, Technique
+from harness.eval.adapter import EngineLM
+
+MODEL_NAME = "infermatrix"
+EMBEDDED_NAMES = ("embedded", "smollm2", "smollm2-135m")
+
+
+def register() -> None:
+    """Add `infermatrix` to lm-eval's model registry (idempotent)."""
+    import lm_eval.models  # noqa: F401  (fills the built-in names first; registering before hides them)
+    from lm_eval.api.registry import model_registry
+
+    if MODEL_NAME not in model_registry:
+        model_registry.register(MODEL_NAME, target=f"{__name__}:InfermatrixLM")
+
+
+def model_from_arg(model: str, dtype: str) -> ModelSpec:
+    """A local folder or GGUF file, the embedded SmolLM2, or a hub id."""
+    from harness.models import model_spec
+
+    if model in EMBEDDED_NAMES:
+        spec, _ = model_spec("smollm2-135m", "embedded", dtype)
+    elif Path(model).expanduser().exists():
+        spec, _ = model_spec(Path(model).name, "local", dtype, local_path=model)
+    else:
+        spec, _ = model_spec(model, "hub", dtype, hub_id=model)
+    return spec
+
+
+def technique_from_args(args: dict[str, Any]) -> Technique:
+    known = {f.name for f in fields(Technique)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"unknown model_args {unknown}; technique fields are: {', '.join(sorted(known))}")
+    return Technique(**args)
+
+
+class InfermatrixLM(EngineLM):
+    """Builds, owns and closes its engine; everything else is EngineLM."""
+
+    def __init__(
+        self,
+        engine: str = "hf",
+        model: str = "embedded",
+        dtype: str = "float32",
+        device: str | None = None,
+        batch_size: int | str | None = 16,
+        max_batch_size: int | None = None,  # accepted from lm-eval's CLI; batch_size already bounds calls
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        add_bos_token: bool = False,
+        **technique: Any,
+    ) -> None:
+        spec = model_from_arg(str(model), dtype)
+        device = "cuda" if str(device or "cpu").startswith("cuda") else "cpu"
+        built = create_engine(engine, spec, technique_from_args(technique), EngineOptions(), device)
+        size = int(batch_size) if str(batch_size).isdigit() else 16  # "auto" and None mean our default
+        super().__init__(built, str(spec.path), batch_size=size, max_length=max_length,
+                         max_gen_toks=max_gen_toks, add_bos_token=add_bos_token)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
