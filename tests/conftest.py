@@ -12,7 +12,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# beside the checkout (../shared/data), unless INFERMATRIX_SHARED_DATA points elsewhere
+SHARED_DATA = Path(os.environ.get("INFERMATRIX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
