@@ -141,10 +141,10 @@ def test_secrets_are_absent_from_everything_wandb_writes(tmp_path, monkeypatch):
 
     assert "error" not in info, info
     assert sys.argv[1] == f"+engine.hf_token={FAKE_KEY}"  # restored after wandb.init
+    logged = read_run(info["run_dir"])  # waits for wandb to finish writing
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p != result_path]
     leaked = [p for p in written if FAKE_KEY.encode() in p.read_bytes()]
     assert leaked == []
-    logged = read_run(info["run_dir"])
     assert logged["config"]["engine"]["hf_token"] == REDACTED
     assert logged["summary"]["reason"] == f"401 Unauthorized for token {REDACTED}"
     [artifact] = [a for a in logged["artifacts"] if a["type"] == "result"]
@@ -206,8 +206,8 @@ def test_reader_reassembles_records_larger_than_a_block(tmp_path):
     run.finish()
     log = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
-    assert max(len(chunk) for chunk in read_chunks(log.read_bytes())) > 2 * BLOCK_SIZE
     logged = read_run(log.parent)
+    assert max(len(chunk) for chunk in read_chunks(log.read_bytes())) > 2 * BLOCK_SIZE
     assert logged["config"]["big"] == big
     assert [row["loss"] for row in logged["history"]] == [1.0 / (step + 1) for step in range(300)]
 
@@ -216,6 +216,7 @@ def test_reader_rejects_a_corrupted_log(tmp_path):
     result = make_result(num_requests=2)
     out_dir = tmp_path / "cell"
     info = track_result(offline_cfg(), result, write_result(result, out_dir), out_dir)
+    read_run(info["run_dir"])  # wandb has finished writing
     log = next(Path(info["run_dir"]).glob("run-*.wandb"))
     data = bytearray(log.read_bytes())
     data[200] ^= 0xFF
@@ -223,3 +224,5 @@ def test_reader_rejects_a_corrupted_log(tmp_path):
 
     with pytest.raises(WandbLogError, match="crc mismatch"):
         list(read_records(log))
+    with pytest.raises(TimeoutError, match="no exit record"):
+        read_run(log.parent, wait_s=0.2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,19 +90,41 @@ def find_log(run_dir: str | Path) -> Path:
     return logs[0]
 
 
-def read_run(run_dir: str | Path) -> dict[str, Any]:
+def finished_records(log: Path, wait_s: float) -> list[pb.Record]:
+    """The log's records once it ends with the run's exit record.
+
+    wandb's core process goes on writing the log after `run.finish()` returns (seen: a 270 KB
+    log still at 256 KiB, cut inside a record), so a log read too early looks truncated.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            records = list(read_records(log))
+            if records and records[-1].WhichOneof("record_type") == "exit":
+                return records
+        except WandbLogError:
+            pass  # still being written
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{log} has no exit record after {wait_s} s: the run is still going or crashed")
+        time.sleep(0.05)
+
+
+def read_run(run_dir: str | Path, wait_s: float | None = 30.0) -> dict[str, Any]:
     """What a run logged: its identity, config, summary, history rows, artifacts and tables.
 
-    Tables come from `table-file` values in the history and summary; their rows are read from
-    the run's `files/` folder, where wandb keeps them beside the log.
+    Waits up to `wait_s` for the log to be complete (see `finished_records`); `wait_s=None`
+    reads it as it is, for a run that is still going or crashed. Tables come from `table-file`
+    values in the history and summary; their rows are read from the run's `files/` folder,
+    where wandb keeps them beside the log.
     """
     log = find_log(run_dir)
+    records = list(read_records(log)) if wait_s is None else finished_records(log, wait_s)
     run: dict[str, Any] = {}
     config: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     artifacts: list[dict[str, Any]] = []
-    for record in read_records(log):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = _run_identity(record.run)
