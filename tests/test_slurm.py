@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from harness.config import register
+from harness.report import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "slurm" / "sweep.sbatch"
@@ -27,7 +29,8 @@ def test_the_slurm_launcher_composes_into_submitit_settings():
 
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher["partition"], launcher["cpus_per_task"], launcher["gpus_per_node"]) == ("gpu", 8, 1)
-    assert launcher["setup"] == ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"]  # shell syntax survives
+    # the plugin resolves setup lines a second time: one holding "${" would fail there
+    assert launcher["setup"] == ['if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi']
 
 
 @pytest.fixture
@@ -69,3 +72,31 @@ def test_a_task_beyond_the_cells_file_fails_with_a_message(tmp_path, fake_inferm
 
     assert done.returncode == 2 and "has no cell number 2" in done.stderr
     assert done.stdout == ""
+
+
+def slurm_node_idle() -> bool:
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "idle" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not slurm_node_idle(), reason="no idle SLURM node (slurm/local_cluster.sh starts one)")
+def test_a_real_array_job_measures_every_cell_into_one_table(tmp_path):
+    cells = tmp_path / "cells.txt"
+    cells.write_text("engine=hf technique.kv_cache=none\nengine=hf technique.kv_cache=contiguous\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+           "WANDB_SILENT": "true", "INFERMATRIX_SWEEP_DIR": str(tmp_path / "sweep")}  # fmt: skip
+    small = ["workload.input_len.mean=8", "workload.output_len.mean=2", "scenario.repeats=2", "scenario.warmup=0",
+             "tracker.name=none", f"store={tmp_path / 'store'}"]  # fmt: skip
+    submit = ["sbatch", "--parsable", "--wait", "--array=1-2", "--gres=none", "--cpus-per-task=1", "--mem=3G",
+              "--time=10", f"--output={tmp_path}/slurm-%A_%a.out", str(SBATCH), str(cells), *small]  # fmt: skip
+    done = subprocess.run(submit, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+    assert done.returncode == 0, done.stderr + "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    rows = load_results(tmp_path / "sweep")
+    assert sorted(rows["cell"]) == ["hf/smollm2-135m/latency/fixed/kv_cache=contiguous",
+                                    "hf/smollm2-135m/latency/fixed/kv_cache=none"]  # fmt: skip
+    assert list(rows["status"]) == ["ok", "ok"] and rows["sweep_id"].nunique() == 1
