@@ -30,7 +30,8 @@ def test_the_slurm_launcher_composes_into_submitit_settings():
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher["partition"], launcher["cpus_per_task"], launcher["gpus_per_node"]) == ("gpu", 8, 1)
     # the plugin resolves setup lines a second time: one holding "${" would fail there
-    assert launcher["setup"] == ['if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi']
+    [setup] = launcher["setup"]
+    assert setup == 'if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi'
 
 
 @pytest.fixture
@@ -53,7 +54,8 @@ def run_task(cells: Path, task: int, bin_dir: Path, *extra: str) -> subprocess.C
 
 def test_each_array_task_runs_its_own_line_in_the_shared_sweep_folder(tmp_path, fake_infermatrix):
     cells = tmp_path / "cells.txt"
-    cells.write_text("# kv cache study\nengine=hf technique.kv_cache=none\n\n  # own engine\nengine=own technique.kv_cache=paged\n")
+    cells.write_text("# kv cache study\nengine=hf technique.kv_cache=none\n\n"
+                     "  # own engine\nengine=own technique.kv_cache=paged\n")
 
     done = run_task(cells, 2, fake_infermatrix, "tracker.mode=offline")
 
