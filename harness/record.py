@@ -84,9 +84,21 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
     row.update(flatten(result.get("technique_applied") or config.get("technique", {}), "technique."))
     row.update(flatten(result.get("metrics", {})))
     row.update({f"ci95.{k}": v for k, v in (result.get("ci95") or {}).items()})
-    row.update(flatten(result.get("accuracy_summary", {}), "accuracy."))
+    row.update(accuracy_columns(result.get("accuracy") or {}))
     row.update(flatten(result.get("tracker", {}), "tracker."))
     return _clean(row)
+
+
+def accuracy_columns(accuracy: dict) -> dict[str, Any]:
+    """`accuracy.<task>.<metric>` values (and stderr) plus the quality gate's verdict."""
+    columns: dict[str, Any] = {}
+    for task, block in (accuracy.get("tasks") or {}).items():
+        for metric, value in block["metrics"].items():
+            columns[f"accuracy.{task}.{metric}"] = value["value"]
+            columns[f"accuracy.{task}.{metric}.stderr"] = value["stderr"]
+    if accuracy.get("gate"):
+        columns["accuracy.gate"] = accuracy["gate"]["status"]
+    return columns
 
 
 def append_row(table: Path, row: dict[str, Any]) -> None:

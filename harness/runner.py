@@ -100,7 +100,7 @@ def measure_cell(config: Config, out_dir: Path, result: dict[str, Any]) -> None:
             from harness.eval import evaluate, find_baseline
 
             rows = list(record.read_rows(Path(config.store) / record.TABLE_NAME))
-            baseline = find_baseline(rows, config.eval, result)
+            baseline = find_baseline(rows, config.eval, record.table_row(result, out_dir / "result.json"))
             result["accuracy"] = evaluate(config.eval, engine, spec, out_dir, baseline)
     finally:
         engine.close()

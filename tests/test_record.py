@@ -51,3 +51,14 @@ def test_pandas_reads_the_table_in_one_line(tmp_path):
         record.append_row(table, record.flatten({"cell": f"c{i}", "metrics": {"ttft_ms": {"mean": i}}}))
     df = pd.read_json(table, lines=True)
     assert list(df["metrics.ttft_ms.mean"]) == [0, 1, 2]
+
+
+def test_table_row_carries_accuracy_values_and_the_gate_verdict(tmp_path):
+    result = {
+        "cell": "own/m/latency/fixed", "status": "ok", "config_hash": "h", "config": {"engine": {"name": "own"}},
+        "accuracy": {"tasks": {"mmlu": {"metrics": {"acc,none": {"value": 0.31, "stderr": 0.02}}}},
+                     "gate": {"status": "fail", "passed": False}},
+    }  # fmt: skip
+    row = record.table_row(result, tmp_path / "result.json")
+    assert row["accuracy.mmlu.acc,none"] == 0.31 and row["accuracy.mmlu.acc,none.stderr"] == 0.02
+    assert row["accuracy.gate"] == "fail" and row["engine"] == "own"
