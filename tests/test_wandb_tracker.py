@@ -73,7 +73,9 @@ def make_result(num_requests: int = 24, seed: int = 0) -> dict:
         "ci95": {"output_throughput_tok_s": [rng.uniform(9, 10), rng.uniform(20, 21)],
                  "ttft_ms.mean": [rng.uniform(40, 50), rng.uniform(90, 99)]},
         "engine_stats": {"forward_calls": 400},
-        "accuracy": {"gsm8k": {"exact_match": rng.random()}},
+        "accuracy": {"tasks": {"gsm8k": {"metrics": {"exact_match,strict-match": {"value": rng.random(),
+                                                                                  "stderr": 0.01}}}},
+                     "gate": {"status": "pass", "passed": True}},
         "requests": requests,
         "started_at": "2026-11-22T03:00:00+00:00", "finished_at": "2026-11-22T03:00:30+00:00",
     }
@@ -93,6 +95,12 @@ def offline_cfg(**overrides) -> TrackerConfig:
 def test_offline_run_reads_back_with_the_results_config_summary_table_and_artifact(tmp_path):
     result = make_result()
     out_dir = tmp_path / "cell"
+    samples = [{"task": "gsm8k", "doc_id": i, "prompt": f"Q{i}", "target": "7", "filtered": ["7"],
+                "exact_match": float(i % 2)} for i in range(5)]  # fmt: skip
+    samples_path = out_dir / "samples_gsm8k.jsonl"
+    out_dir.mkdir(parents=True)
+    samples_path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    result["accuracy"]["tasks"]["gsm8k"]["samples_path"] = str(samples_path)
     result_path = write_result(result, out_dir)
 
     info = track_result(offline_cfg(tags=["ci"]), result, result_path, out_dir)
@@ -111,13 +119,18 @@ def test_offline_run_reads_back_with_the_results_config_summary_table_and_artifa
         assert summary[key] == value, key
     assert summary["ci95.output_throughput_tok_s.lo"] == result["ci95"]["output_throughput_tok_s"][0]
     assert summary["ci95.ttft_ms.mean.hi"] == result["ci95"]["ttft_ms.mean"][1]
-    assert summary["accuracy.gsm8k.exact_match"] == result["accuracy"]["gsm8k"]["exact_match"]
+    accuracy = result["accuracy"]["tasks"]["gsm8k"]["metrics"]["exact_match,strict-match"]["value"]
+    assert summary["accuracy.tasks.gsm8k.metrics.exact_match,strict-match.value"] == accuracy
     assert (summary["status"], summary["reason"], summary["config_hash"]) == ("ok", None, "c0ffee12")
 
-    [table] = logged["tables"]
+    table, samples_table = sorted(logged["tables"], key=lambda t: t["key"])
     assert table["key"] == "requests" and table["nrows"] == len(result["requests"])
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert rows == result["requests"]
+    assert samples_table["key"] == "samples/gsm8k" and samples_table["nrows"] == len(samples)
+    logged_samples = [dict(zip(samples_table["columns"], row)) for row in samples_table["data"]]
+    assert [s["exact_match"] for s in logged_samples] == [s["exact_match"] for s in samples]
+    assert logged_samples[0]["filtered"] == '["7"]'  # nested values are shown as JSON text
 
     [artifact] = [a for a in logged["artifacts"] if a["type"] == "result"]
     assert artifact["name"] == "result-hf-smollm2-135m-latency-kv_cache-none"

@@ -53,6 +53,19 @@ def request_table_columns(requests: list[dict[str, Any]]) -> list[str]:
     return list(columns)
 
 
+def samples_table(wandb: Any, path: Path) -> Any:
+    """Per-sample eval outputs (one JSON object a line) as a W&B table, so a failed gate can be read."""
+    samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    columns = request_table_columns(samples)
+    rows = [[_cell(sample.get(column)) for column in columns] for sample in samples]
+    return wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
+
+
+def _cell(value: Any) -> Any:
+    """Tables take scalars; nested responses are shown as JSON text."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value)
+
+
 def scenario_name(result: dict[str, Any]) -> str | None:
     scenario = (result.get("config") or {}).get("scenario")
     return scenario.get("name") if isinstance(scenario, dict) else scenario
@@ -121,6 +134,9 @@ def _log_result(wandb: Any, run: Any, result: dict[str, Any], result_path: Path,
         columns = request_table_columns(requests)
         rows = [[request.get(column) for column in columns] for request in requests]
         run.log({"requests": wandb.Table(columns=columns, data=rows, allow_mixed_types=True)})
+    for task, block in ((result.get("accuracy") or {}).get("tasks") or {}).items():
+        if block.get("samples_path") and Path(block["samples_path"]).is_file():
+            run.log({f"samples/{task}": samples_table(wandb, Path(block["samples_path"]))})
 
     artifact = wandb.Artifact(artifact_name(result["cell"]), type="result", metadata={"cell": result["cell"]})
     scrubbed = scrub(result, secrets)
