@@ -101,7 +101,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
     if df.empty:
         return "(no cells)"
     rows = df.to_dict("records")
-    base_at = pick_baseline(rows, baseline)
+    base_at = pick_baseline(rows, baseline) if len(rows) > 1 else None  # one cell: nothing to compare
     base = None if base_at is None else rows[base_at]
     columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("cell", lambda r: str(r.get("cell"))),
@@ -109,8 +109,11 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
         *[(header, lambda r, c=column: _fmt(_number(r, c))) for header, column in LATENCIES],
         ("out tok/s [95% CI]", _throughput_text),
         ("peak MB", lambda r: _fmt(None if (b := _number(r, "peak_memory_bytes")) is None else b / 1e6)),
-        ("tok/s x", lambda r: _fmt(speedups(r, base)[0], ".2f", "x")),
-        ("E2E x", lambda r: _fmt(speedups(r, base)[1], ".2f", "x")),
+        *(
+            [("tok/s x", lambda r: _fmt(speedups(r, base)[0], ".2f", "x")),
+             ("E2E x", lambda r: _fmt(speedups(r, base)[1], ".2f", "x"))]
+            if len(rows) > 1 else []
+        ),  # fmt: skip
         ("note", lambda r: _note(r, r is base)),  # rows are distinct dicts: `is` marks one row
     ]
     table = [[header for header, _ in columns]] + [[text(row) for _, text in columns] for row in rows]
@@ -125,7 +128,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
     if base is not None:
         out.append(f"speedups vs baseline {base.get('cell')}: tok/s x = output tok/s / baseline's; "
                    "E2E x = baseline's mean E2E latency / this cell's (> 1 is faster)")  # fmt: skip
-    else:
+    elif len(rows) > 1:
         out.append("no ok cell: no speedups")
     return "\n".join(out)
 

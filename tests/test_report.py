@@ -130,3 +130,12 @@ def test_the_cli_prints_the_table_and_reports_a_bad_baseline(sweep, capsys):
     assert "0.40x" in line_of(capsys.readouterr().out, CONTIGUOUS)
     assert main([str(sweep), "--baseline", "nope"]) == 2
     assert "baseline 'nope' is not an ok cell" in capsys.readouterr().err
+
+
+def test_a_single_cell_is_printed_without_speedup_columns():
+    import pandas as pd
+
+    from harness.report import summarize
+
+    text = summarize(pd.DataFrame([{"cell": "hf/m/latency/fixed", "status": "ok", "output_throughput_tok_s": 5.0}]))
+    assert "hf/m/latency/fixed" in text and "tok/s x" not in text and "baseline" not in text
