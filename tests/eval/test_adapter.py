@@ -1,0 +1,81 @@
+"""EngineLM hands the engine many sequences or requests per call and maps answers back."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from engines.base import RequestOutput, ScoredSequence
+from harness.eval.adapter import EngineLM
+
+
+class RecordingEngine:
+    """Scores token t as -t/1000 (greedy when even); generates a fixed token list."""
+
+    eos_token_id = 2
+
+    def __init__(self, generated: list[int]):
+        self.generated = generated
+        self.score_calls: list[list[list[int]]] = []
+        self.generate_calls: list[list] = []
+
+    def score(self, sequences):
+        self.score_calls.append([list(s) for s in sequences])
+        return [ScoredSequence([-t / 1000 for t in s[1:]], [t % 2 == 0 for t in s[1:]]) for s in sequences]
+
+    def generate(self, requests, progress=None):
+        self.generate_calls.append(list(requests))
+        if progress:
+            progress(len(requests))
+        return [RequestOutput(r.request_id, len(r.prompt_token_ids), self.generated, [], 0.0, "length") for r in requests]
+
+
+def request(*args):
+    return SimpleNamespace(args=args)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(smollm2_dir):
+    return str(smollm2_dir)
+
+
+def test_loglikelihood_batches_distinct_sequences_and_sums_the_continuation(tokenizer_dir):
+    engine = RecordingEngine([])
+    lm = EngineLM(engine, tokenizer_dir, batch_size=4)
+    contexts = [f"Question {i}: pick one.\nAnswer:" for i in range(5)]
+    requests = [request(c, f" {letter}") for c in contexts for letter in "ABCD"] + [request(contexts[0], " A")]
+    answers = lm.loglikelihood(requests, disable_tqdm=True)
+    assert [len(call) for call in engine.score_calls] == [4, 4, 4, 4, 4]  # 20 distinct, 4 per call
+    assert answers[-1] == answers[0]  # the duplicate was scored once and answered twice
+    for req, (logprob, _) in zip(requests, answers):
+        continuation = lm.tokenizer.encode(req.args[1], add_special_tokens=False)
+        assert logprob == pytest.approx(sum(-t / 1000 for t in continuation))
+
+
+def test_generate_until_sends_all_requests_at_once_and_cuts_at_stop_strings(tokenizer_dir):
+    text = " 3 + 4 = 7.\n#### 7\n\nQuestion: what next"
+    engine = RecordingEngine(EngineLM(RecordingEngine([]), tokenizer_dir).encode(text))
+    lm = EngineLM(engine, tokenizer_dir, max_length=64)
+    kwargs = {"until": ["Question:"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 32}
+    answers = lm.generate_until([request("Question: 3 + 4?\nAnswer:", kwargs)] * 3, disable_tqdm=True)
+    assert len(engine.generate_calls) == 1 and len(engine.generate_calls[0]) == 3
+    sent = engine.generate_calls[0][0]
+    assert sent.sampling.max_tokens == 32 and sent.sampling.temperature == 0.0
+    assert sent.sampling.stop_token_ids == (2,)
+    assert answers == [" 3 + 4 = 7.\n#### 7\n\n"] * 3
+
+
+def test_generation_prompts_keep_their_last_tokens_within_the_window(tokenizer_dir):
+    engine = RecordingEngine([5])
+    lm = EngineLM(engine, tokenizer_dir, max_length=40)
+    prompt = " ".join(str(i) for i in range(100))
+    lm.generate_until([request(prompt, {"until": [], "max_gen_toks": 10})], disable_tqdm=True)
+    sent = engine.generate_calls[0][0].prompt_token_ids
+    assert sent == lm.encode(prompt)[-30:]
+
+
+def test_unknown_generation_kwargs_are_refused(tokenizer_dir):
+    lm = EngineLM(RecordingEngine([5]), tokenizer_dir)
+    with pytest.raises(ValueError, match="num_beams"):
+        lm.generate_until([request("x", {"until": [], "num_beams": 4})], disable_tqdm=True)
