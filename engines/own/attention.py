@@ -46,15 +46,17 @@ class KernelAttention:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+DECODE_BUCKET = 8  # decodes run in groups of similar context length, so little padding is gathered
+
+
 @dataclass(slots=True)
 class GatherPlan:
-    """Slot indices (and masks) shared by every layer of one pass."""
+    """Block indices (and masks) shared by every layer of one pass."""
 
     store_rows: torch.Tensor | None  # rows of k/v to store (None = all)
     store_slots: torch.Tensor
-    decode_slots: torch.Tensor | None  # [Bd, Lmax]
-    decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool
-    prefill_slots: list[torch.Tensor]  # per sequence [ctx]
+    decode_groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (rows, blocks [n*mb], mask)
+    prefill_blocks: list[torch.Tensor]  # per sequence, the blocks holding its context
     prefill_masks: list[torch.Tensor | None]  # per sequence [q_len, ctx] bool; None = plain causal
 
 
@@ -64,27 +66,38 @@ def _table_slots(tables: torch.Tensor, length: int, block_size: int) -> torch.Te
     return blocks * block_size + positions % block_size
 
 
+def _decode_groups(meta: AttnMetadata, block_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    lens = meta.decode_context_lens_host
+    order = sorted(range(len(lens)), key=lens.__getitem__)
+    device = meta.slot_mapping.device
+    groups = []
+    for start in range(0, len(order), DECODE_BUCKET):
+        rows = order[start : start + DECODE_BUCKET]
+        width = -(-max(lens[r] for r in rows) // block_size)
+        rows_t = torch.tensor(rows, device=device)
+        blocks = meta.decode_block_tables[rows_t, :width].long().clamp_min(0).flatten()
+        positions = torch.arange(width * block_size, device=device)
+        mask = positions[None, :] < meta.decode_context_lens[rows_t].long()[:, None]
+        groups.append((rows_t, blocks, mask[:, None, None, :]))
+    return groups
+
+
 def gather_plan(meta: AttnMetadata, block_size: int) -> GatherPlan:
     device = meta.slot_mapping.device
     keep = meta.slot_mapping >= 0
     padded = bool((~keep).any()) if meta.slot_mapping.numel() else False
     store_rows = keep.nonzero().squeeze(1) if padded else None
     store_slots = meta.slot_mapping[keep] if padded else meta.slot_mapping
-    decode_slots = decode_mask = None
-    if meta.num_decode_tokens:
-        longest = max(meta.decode_context_lens_host)
-        decode_slots = _table_slots(meta.decode_block_tables, longest, block_size)
-        valid = torch.arange(longest, device=device)[None, :] < meta.decode_context_lens.long()[:, None]
-        decode_mask = valid[:, None, None, :]
-    prefill_slots, prefill_masks = [], []
+    groups = _decode_groups(meta, block_size) if meta.num_decode_tokens else []
+    prefill_blocks, prefill_masks = [], []
     for b, (q_len, ctx) in enumerate(zip(meta.prefill_q_lens_host, meta.prefill_context_lens_host)):
-        prefill_slots.append(_table_slots(meta.prefill_block_tables[b], ctx, block_size))
+        prefill_blocks.append(meta.prefill_block_tables[b, : -(-ctx // block_size)].long())
         if q_len == ctx:
             prefill_masks.append(None)
             continue
         q_pos = torch.arange(ctx - q_len, ctx, device=device)
         prefill_masks.append(torch.arange(ctx, device=device)[None, :] <= q_pos[:, None])
-    return GatherPlan(store_rows, store_slots, decode_slots, decode_mask, prefill_slots, prefill_masks)
+    return GatherPlan(store_rows, store_slots, groups, prefill_blocks, prefill_masks)
 
 
 class SdpaAttention:
@@ -95,26 +108,27 @@ class SdpaAttention:
         plan: GatherPlan = meta.backend_state
         num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
         group = q.shape[1] // num_kv_heads
-        flat_k = k_cache.view(-1, num_kv_heads, head_dim)
-        flat_v = v_cache.view(-1, num_kv_heads, head_dim)
         if plan.store_rows is not None:
             k, v = k[plan.store_rows], v[plan.store_rows]
-        flat_k.index_copy_(0, plan.store_slots, k.to(k_cache.dtype))
-        flat_v.index_copy_(0, plan.store_slots, v.to(v_cache.dtype))
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, plan.store_slots, k.to(k_cache.dtype))
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, plan.store_slots, v.to(v_cache.dtype))
         out = torch.empty_like(q)
-        nd = meta.num_decode_tokens
-        if nd:
+        for rows, blocks, mask in plan.decode_groups:
             # Grouped query heads ride in the query-length dimension: no K/V repeat for GQA.
-            query = q[:nd].view(nd, num_kv_heads, group, head_dim)
-            keys = flat_k[plan.decode_slots].transpose(1, 2)
-            values = flat_v[plan.decode_slots].transpose(1, 2)
-            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.decode_mask, scale=scale)
-            out[:nd] = attended.reshape(nd, -1, head_dim)
-        start = nd
-        for slots, mask, q_len in zip(plan.prefill_slots, plan.prefill_masks, meta.prefill_q_lens_host):
+            query = q.index_select(0, rows).view(len(rows), num_kv_heads, group, head_dim)
+            keys = k_cache.index_select(0, blocks).view(len(rows), -1, num_kv_heads, head_dim).transpose(1, 2)
+            values = v_cache.index_select(0, blocks).view(len(rows), -1, num_kv_heads, head_dim).transpose(1, 2)
+            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+            out.index_copy_(0, rows, attended.reshape(len(rows), -1, head_dim))
+        start = meta.num_decode_tokens
+        for blocks, mask, q_len, ctx in zip(
+            plan.prefill_blocks, plan.prefill_masks, meta.prefill_q_lens_host, meta.prefill_context_lens_host
+        ):
             query = q[start : start + q_len].transpose(0, 1)  # [H, q_len, D]
-            keys = flat_k[slots].transpose(0, 1).repeat_interleave(group, dim=0)
-            values = flat_v[slots].transpose(0, 1).repeat_interleave(group, dim=0)
+            keys = k_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
+            values = v_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
+            keys = keys.transpose(0, 1).repeat_interleave(group, dim=0)
+            values = values.transpose(0, 1).repeat_interleave(group, dim=0)
             attended = F.scaled_dot_product_attention(
                 query, keys, values, attn_mask=mask, is_causal=mask is None, scale=scale
             )
@@ -137,8 +151,8 @@ class FlashAttention:
         q_lens = [1] * nd + meta.prefill_q_lens_host
         ctx_lens = meta.decode_context_lens_host + meta.prefill_context_lens_host
         device = meta.slot_mapping.device
-        slots = [_table_slots(meta.decode_block_tables[b], n, block_size) for b, n in enumerate(ctx_lens[:nd])]
-        slots = torch.cat(slots + plan.prefill_slots)
+        tables = [meta.decode_block_tables[b] for b in range(nd)] + list(meta.prefill_block_tables)
+        slots = torch.cat([_table_slots(t, n, block_size) for t, n in zip(tables, ctx_lens)])
         cu_q = torch.tensor([0] + q_lens, device=device).cumsum(0).int()
         cu_k = torch.tensor([0] + ctx_lens, device=device).cumsum(0).int()
         return plan, slots, torch.stack([cu_q, cu_k]), max(q_lens), max(ctx_lens)

@@ -100,7 +100,7 @@ class OwnEngine(Engine):
         self.model.bind(attention, allocate_kv_caches(config, num_blocks, options.block_size, dtype, self.device),
                         options.block_size)
         self.runner = ModelRunner(self.model, options.block_size, self.device)
-        apply_graphs(technique.graphs, self.runner, self.device)
+        apply_graphs(technique.graphs, self.runner, self.device, options.max_num_seqs)
         scheduler = SchedulerConfig(
             max_num_seqs=options.max_num_seqs,
             max_num_batched_tokens=options.max_num_batched_tokens,

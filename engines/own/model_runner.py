@@ -30,6 +30,24 @@ class ModelRunner:
         self.device = device
         self.forward_fn: ForwardFn = model.forward_prepared  # replaced by torch.compile when asked
         self.decode_hook = None  # optional graph runner: (input_ids, positions, meta) -> hidden, or None
+        # Blocks never written hold uninitialised memory (NaN possible); attention masks their unused
+        # tail, but 0 * NaN is NaN, so each block is zeroed once, the first time it is written.
+        num_blocks = model.kv_caches[0][0].shape[0] if model.kv_caches else 0
+        self.block_written = [False] * num_blocks
+
+    def _zero_new_blocks(self, items: list[tuple[Sequence, int]]) -> None:
+        fresh = []
+        for seq, num_new in items:
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
+            for block in seq.block_table[start // self.block_size : (end - 1) // self.block_size + 1]:
+                if not self.block_written[block]:
+                    self.block_written[block] = True
+                    fresh.append(block)
+        if fresh:
+            index = torch.tensor(fresh, device=self.device)
+            for k_cache, v_cache in self.model.kv_caches:
+                k_cache.index_fill_(0, index, 0)
+                v_cache.index_fill_(0, index, 0)
 
     def _pack(self, items: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata, list[int]]:
         """Tensors for `(seq, num_new)` pairs (decodes first) and the packed row of each sampling sequence."""
@@ -69,6 +87,7 @@ class ModelRunner:
         """Run one step; returns the sequences that got a new token and those tokens (host ints)."""
         pairs = list(zip(batch.seqs, batch.num_new_tokens))
         items = [p for p in pairs if p[1] == 1] + [p for p in pairs if p[1] != 1]
+        self._zero_new_blocks(items)
         input_ids, positions, meta, sample_rows = self._pack(items)
         hidden = self._hidden(input_ids, positions, meta)
         sampling = [seq for seq, num_new in items if seq.num_computed_tokens + num_new == seq.num_tokens]
@@ -82,7 +101,9 @@ class ModelRunner:
     def teacher_forced(self, seqs: list[Sequence]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Prefill whole sequences (blocks already allocated); per sequence, log p(token[i] | token[:i]) for
         i >= 1 and whether token[i] was the argmax."""
-        input_ids, positions, meta, _ = self._pack([(s, s.num_tokens) for s in seqs])
+        items = [(s, s.num_tokens) for s in seqs]
+        self._zero_new_blocks(items)
+        input_ids, positions, meta, _ = self._pack(items)
         hidden = self._hidden(input_ids, positions, meta)
         results, start = [], 0
         for seq in seqs:

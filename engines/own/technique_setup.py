@@ -24,7 +24,7 @@ def check_device_support(technique: Technique, device: torch.device) -> None:
         raise UnsupportedTechnique("engine 'own': graphs=compile on CPU needs a C++ compiler (g++)")
 
 
-def apply_graphs(graphs: Graphs, runner: ModelRunner, device: torch.device) -> None:
+def apply_graphs(graphs: Graphs, runner: ModelRunner, device: torch.device, max_num_seqs: int) -> None:
     if graphs == Graphs.compile:
         # dynamic shapes: the packed token count changes every step
         runner.forward_fn = torch.compile(runner.model.forward_prepared, dynamic=True)
@@ -33,4 +33,4 @@ def apply_graphs(graphs: Graphs, runner: ModelRunner, device: torch.device) -> N
             from engines.own.cuda_graphs import make_decode_runner
         except ImportError as exc:
             raise UnsupportedTechnique(f"engine 'own': graphs=cuda_graphs runner is not available: {exc}") from exc
-        runner.decode_hook = make_decode_runner(runner.model, runner.block_size, device)
+        runner.decode_hook = make_decode_runner(runner.model, runner.block_size, device, max_num_seqs)

@@ -1,0 +1,168 @@
+"""OwnEngine's contract on tiny random models: technique resolution, device checks, bad input, stopping,
+seeded sampling, stats, and the model families (Llama 3 rope scaling, Qwen2 biases, Qwen3 q/k norms)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engines import create_engine
+from engines.base import (
+    Attention,
+    EngineOptions,
+    Graphs,
+    KVCache,
+    ModelSpec,
+    Request,
+    SamplingParams,
+    Technique,
+    UnsupportedTechnique,
+)
+from engines.own.engine import OwnEngine
+
+TINY = {
+    "model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 96,
+    "eos_token_id": 2, "bos_token_id": 1, "tie_word_embeddings": False,
+}  # fmt: skip
+FAMILIES = {
+    "llama3_rope": {**TINY, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}},
+    "qwen2": {**TINY, "model_type": "qwen2", "tie_word_embeddings": True},
+    "qwen3": {**TINY, "model_type": "qwen3", "head_dim": 32},
+    "mistral": {**TINY, "model_type": "mistral", "sliding_window": None},
+}  # fmt: skip
+
+
+def tiny_engine(technique=Technique(), config=TINY, **options) -> OwnEngine:
+    spec = ModelSpec("tiny", None, random_config=dict(config), seed=0)
+    return create_engine("own", spec, technique, EngineOptions(kv_cache_bytes=1 << 22, **options), "cpu")
+
+
+def greedy(engine, prompts, max_tokens=8, **sampling):
+    params = SamplingParams(max_tokens=max_tokens, **{"ignore_eos": True, **sampling})
+    return engine.generate([Request(str(i), p, params) for i, p in enumerate(prompts)])
+
+
+def test_defaults_are_the_best_set_and_follow_the_kv_mode():
+    best = OwnEngine.resolve_technique(Technique())
+    assert (best.kv_cache, best.prefix_cache, best.chunked_prefill, best.attention) == (
+        KVCache.paged, True, True, Attention.sdpa)  # fmt: skip
+    contiguous = OwnEngine.resolve_technique(Technique(kv_cache=KVCache.contiguous))
+    assert contiguous.prefix_cache is False
+    none = OwnEngine.resolve_technique(Technique(kv_cache=KVCache.none))
+    assert (none.prefix_cache, none.chunked_prefill) == (False, False)
+
+
+def test_asking_for_a_combination_that_cannot_apply_is_unsupported():
+    with pytest.raises(UnsupportedTechnique, match="prefix_cache needs kv_cache=paged"):
+        OwnEngine.resolve_technique(Technique(kv_cache=KVCache.contiguous, prefix_cache=True))
+    with pytest.raises(UnsupportedTechnique, match="chunked_prefill"):
+        OwnEngine.resolve_technique(Technique(kv_cache=KVCache.none, chunked_prefill=True))
+
+
+@pytest.mark.parametrize(
+    "technique, reason",
+    [
+        (Technique(graphs=Graphs.cuda_graphs), "cuda_graphs needs a CUDA device"),
+        (Technique(attention=Attention.flash_attn), "flash_attn needs a CUDA device"),
+    ],
+)
+def test_gpu_only_techniques_are_unsupported_on_cpu(technique, reason):
+    with pytest.raises(UnsupportedTechnique, match=reason):
+        tiny_engine(technique)
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(UnsupportedTechnique, match="TRITON_INTERPRET"):
+        tiny_engine(Technique(attention=Attention.triton))
+
+
+def test_bad_requests_get_an_error_and_the_others_are_served():
+    engine = tiny_engine()
+    good = Request("good", [5, 6, 7], SamplingParams(max_tokens=4, ignore_eos=True))
+    bad = {
+        "empty": Request("empty", [], SamplingParams()),
+        "too long": Request("too long", [5] * 96, SamplingParams()),
+        "max_tokens 0": Request("max_tokens 0", [5], SamplingParams(max_tokens=0)),
+        "beyond vocab": Request("beyond vocab", [5, 300], SamplingParams()),
+        "negative id": Request("negative id", [-1, 5], SamplingParams()),
+        "temperature": Request("temperature", [5], SamplingParams(temperature=-1.0)),
+        "top_p": Request("top_p", [5], SamplingParams(top_p=0.0)),
+    }
+    outputs = engine.generate([good, *bad.values()])
+    assert outputs[0].finish_reason == "length" and len(outputs[0].token_ids) == 4
+    for out in outputs[1:]:
+        assert out.finish_reason == "error" and out.error and out.token_ids == [], out.request_id
+    messages = {o.request_id: o.error for o in outputs[1:]}
+    assert "empty prompt" in messages["empty"] and "max_model_len" in messages["too long"]
+    assert "[0, 300)" in messages["beyond vocab"] and "max_tokens" in messages["max_tokens 0"]
+
+
+def test_stop_tokens_and_eos_end_a_request_unless_eos_is_ignored():
+    engine = tiny_engine()
+    free_run = greedy(engine, [[5, 6, 7]])[0].token_ids
+    first = free_run[0]
+    stopped = engine.generate([Request("s", [5, 6, 7], SamplingParams(max_tokens=8, stop_token_ids=(first,)))])[0]
+    assert (stopped.finish_reason, stopped.token_ids) == ("stop", [first])
+    eos_engine = tiny_engine(config={**TINY, "eos_token_id": first})
+    assert eos_engine.eos_token_id == first
+    assert greedy(eos_engine, [[5, 6, 7]], ignore_eos=False)[0].finish_reason == "stop"
+    assert greedy(eos_engine, [[5, 6, 7]])[0].token_ids == free_run
+
+
+def test_each_token_gets_a_monotonic_timestamp_after_arrival():
+    out = greedy(tiny_engine(), [[5, 6, 7]], max_tokens=5)[0]
+    assert len(out.token_times) == 5 and out.token_times == sorted(out.token_times)
+    assert out.token_times[0] >= out.arrival_time
+
+
+def test_a_seed_fixes_sampled_tokens_whatever_else_is_in_the_batch():
+    engine = tiny_engine()
+    params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=11, ignore_eos=True)
+    alone = engine.generate([Request("a", [5, 6], params)])[0].token_ids
+    crowd = [Request(str(i), [9, i], SamplingParams(max_tokens=12, temperature=1.0, ignore_eos=True)) for i in range(5)]
+    together = engine.generate([*crowd, Request("a", [5, 6], params)])[-1].token_ids
+    other_seed = engine.generate([Request("a", [5, 6], SamplingParams(**{**_fields(params), "seed": 12}))])[0]
+    assert alone == together
+    assert other_seed.token_ids != alone
+
+
+def _fields(params: SamplingParams) -> dict:
+    return {name: getattr(params, name) for name in SamplingParams.__slots__}
+
+
+def test_stats_mark_random_weights_and_account_kv_memory():
+    engine = tiny_engine()
+    greedy(engine, [[5, 6, 7], [8, 9]])
+    stats = engine.stats()
+    assert stats["model_random_weights"] is True
+    assert stats["kv_blocks_used"] == 0 and stats["kv_blocks_free"] == stats["kv_blocks_total"]
+    assert stats["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 4  # K and V, 2 layers, 2 KV heads, head_dim 16, fp32
+    assert 0 <= stats["kv_waste_pct"] < 100 and stats["generated_tokens"] == 16
+    # 4 MiB pool = 512 blocks of 16 tokens; paged: 3 blocks per 40-token sequence, contiguous: 96 tokens = 6
+    assert stats["kv_blocks_total"] == 512
+    assert engine.max_concurrent_sequences([40] * 500, "paged") == 512 // 3
+    assert engine.max_concurrent_sequences([40] * 500, "contiguous") == 512 // 6
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_model_families_match_transformers(family, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(FAMILIES[family])
+    torch.manual_seed(0)
+    hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+    reference = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, attn_implementation="sdpa").eval()
+    reference.save_pretrained(tmp_path)
+    engine = create_engine("own", ModelSpec(family, str(tmp_path)), Technique(), EngineOptions(kv_cache_bytes=1 << 22), "cpu")
+    prompt = torch.randint(3, 300, (70,), generator=torch.Generator().manual_seed(1)).tolist()
+    scored = engine.score([prompt])[0]
+    with torch.inference_mode():
+        logits = reference(torch.tensor([prompt])).logits[0, :-1]
+        expected = logits.log_softmax(-1).gather(1, torch.tensor(prompt[1:])[:, None]).squeeze(1)
+        reference.generation_config.eos_token_id = None
+        hf_tokens = reference.generate(torch.tensor([prompt[:20]]), max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.allclose(torch.tensor(scored.logprobs), expected, atol=1e-5)
+    assert greedy(engine, [prompt[:20]], max_tokens=10)[0].token_ids == hf_tokens[0, 20:].tolist()
