@@ -9,6 +9,7 @@ lm-eval 0.4.13 finds models only in its own registry (no entry-point discovery),
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from engines import create_engine
 from engines.base import EngineOptions, ModelSpec, Technique
 from harness.eval.adapter import EngineLM
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "infermatrix"
 EMBEDDED_NAMES = ("embedded", "smollm2", "smollm2-135m")
@@ -51,6 +54,17 @@ def technique_from_args(args: dict[str, Any]) -> Technique:
     return Technique(**args)
 
 
+def engine_device(requested: str | None) -> str:
+    """lm-eval's CLI passes device=cuda by default: use CUDA when asked for and present."""
+    import torch
+
+    if str(requested or "cpu").startswith("cuda"):
+        if torch.cuda.is_available():
+            return "cuda"
+        log.warning("device %s requested but CUDA is not available: running on CPU", requested)
+    return "cpu"
+
+
 class InfermatrixLM(EngineLM):
     """Builds, owns and closes its engine; everything else is EngineLM."""
 
@@ -68,7 +82,7 @@ class InfermatrixLM(EngineLM):
         **technique: Any,
     ) -> None:
         spec = model_from_arg(str(model), dtype)
-        device = "cuda" if str(device or "cpu").startswith("cuda") else "cpu"
+        device = engine_device(device)
         built = create_engine(engine, spec, technique_from_args(technique), EngineOptions(), device)
         size = int(batch_size) if str(batch_size).isdigit() else 16  # "auto" and None mean our default
         super().__init__(built, str(spec.path), batch_size=size, max_length=max_length,
