@@ -79,3 +79,14 @@ def test_unknown_generation_kwargs_are_refused(tokenizer_dir):
     lm = EngineLM(RecordingEngine([5]), tokenizer_dir)
     with pytest.raises(ValueError, match="num_beams"):
         lm.generate_until([request("x", {"until": [], "num_beams": 4})], disable_tqdm=True)
+
+
+def test_rolling_loglikelihood_counts_every_token_of_a_long_document_once(tokenizer_dir):
+    engine = RecordingEngine([])
+    lm = EngineLM(engine, tokenizer_dir, batch_size=64, max_length=16)
+    text = "The quick brown fox jumps over the lazy dog. " * 8
+    (total,) = lm.loglikelihood_rolling([request(text)], disable_tqdm=True)
+    tokens = lm.encode(text)
+    assert len(tokens) > 3 * 16  # several windows
+    assert total == pytest.approx(sum(-t / 1000 for t in tokens))
+    assert all(len(seq) <= 16 for call in engine.score_calls for seq in call)
