@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -22,6 +23,14 @@ def eval_cache() -> Path:
     return cache_root() / "eval"
 
 
+@functools.lru_cache(maxsize=4)
+def task_manager(task_dir: str) -> Any:
+    """lm-eval's task index (about 15 s to build): one per task folder, reused across cells."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=task_dir)
+
+
 def evaluate(cfg: EvalConfig, engine: Engine, model: ModelSpec, out_dir: Path, baseline: dict | None) -> dict:
     """Accuracy of `engine` on the tasks `cfg` selects; {} when it selects none.
 
@@ -35,14 +44,12 @@ def evaluate(cfg: EvalConfig, engine: Engine, model: ModelSpec, out_dir: Path, b
         return {}
     if model.path is None:
         raise ValueError(f"model '{model.name}' has no path to load its tokenizer from")
-    from lm_eval.tasks import TaskManager
-
     from harness.eval.adapter import EngineLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plans, task_dir = plan_tasks(cfg, eval_cache())
-    manager = TaskManager(include_path=str(task_dir))
+    manager = task_manager(str(task_dir))
     lm = EngineLM(engine, model.path, batch_size=cfg.batch_size)
     tasks = {plan.name: run_task(plan, lm, manager, cfg, out_dir) for plan in plans}
     delta, gate = compare(tasks, baseline, cfg.gate_ratio)

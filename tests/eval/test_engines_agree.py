@@ -95,7 +95,7 @@ def test_accuracy_block_reports_stderr_counts_time_and_sample_files(runs):
     mmlu = runs["hf"]["tasks"]["mmlu"]
     assert mmlu["n_samples"] == len(SUBJECTS) * PER_SUBJECT
     assert 0.0 <= mmlu["metrics"]["acc,none"]["value"] <= 1.0
-    assert mmlu["metrics"]["acc,none"]["stderr"] > 0
+    assert mmlu["metrics"]["acc,none"]["stderr"] >= 0  # 0 when every answer is right
     assert mmlu["seconds"] > 0 and Path(mmlu["samples_path"]).is_file()
     assert set(runs["hf"]["tasks"]["gsm8k"]["metrics"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
     assert runs["hf"]["gate"]["status"] == "no_baseline"
