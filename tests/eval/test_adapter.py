@@ -90,3 +90,16 @@ def test_rolling_loglikelihood_counts_every_token_of_a_long_document_once(tokeni
     assert len(tokens) > 3 * 16  # several windows
     assert total == pytest.approx(sum(-t / 1000 for t in tokens))
     assert all(len(seq) <= 16 for call in engine.score_calls for seq in call)
+
+
+def test_chat_template_renders_turns_and_leaves_a_prefilled_answer_open(tokenizer_dir):
+    lm = EngineLM(RecordingEngine([]), tokenizer_dir)
+    prompt = lm.apply_chat_template([{"role": "user", "content": "2 + 2?"}])
+    assert "<|im_start|>user\n2 + 2?<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    prefilled = lm.apply_chat_template(
+        [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "The answer is"}],
+        add_generation_prompt=False,
+    )
+    assert prefilled.endswith("<|im_start|>assistant\nThe answer is")
+    assert lm.encode("<|im_start|>")[0] == lm.tokenizer.convert_tokens_to_ids("<|im_start|>")
