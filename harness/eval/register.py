@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "infermatrix"
 EMBEDDED_NAMES = ("embedded", "smollm2", "smollm2-135m")
+DEFAULT_BATCH_SIZE = 16
 
 
 def register() -> None:
@@ -74,7 +75,7 @@ class InfermatrixLM(EngineLM):
         model: str = "embedded",
         dtype: str = "float32",
         device: str | None = None,
-        batch_size: int | str | None = 16,
+        batch_size: int | str | None = DEFAULT_BATCH_SIZE,
         max_batch_size: int | None = None,  # accepted from lm-eval's CLI; batch_size already bounds calls
         max_length: int | None = None,
         max_gen_toks: int = 256,
@@ -84,7 +85,9 @@ class InfermatrixLM(EngineLM):
         spec = model_from_arg(str(model), dtype)
         device = engine_device(device)
         built = create_engine(engine, spec, technique_from_args(technique), EngineOptions(), device)
-        size = int(batch_size) if str(batch_size).isdigit() else 16  # "auto" and None mean our default
+        # lm-eval's CLI passes batch_size=1 unless told otherwise; one sequence per engine call
+        # would defeat the engine's batching, so 1, "auto" and None mean our default
+        size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 1 else DEFAULT_BATCH_SIZE
         super().__init__(built, str(spec.path), batch_size=size, max_length=max_length,
                          max_gen_toks=max_gen_toks, add_bos_token=add_bos_token)
 
