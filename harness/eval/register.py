@@ -4,7 +4,7 @@ lm-eval 0.4.13 finds models only in its own registry (no entry-point discovery),
 `register()` must run in the process before lm-eval looks the name up; the console script
 `infermatrix-lm-eval` (harness/eval/cli.py) does that and then runs lm-eval's own CLI.
 
-    --model infermatrix --model_args engine=own,model=<folder|.gguf|hub id|embedded>,dtype=float32,kv_cache=paged
+    --model infermatrix --model_args engine=own,model=<folder|.gguf|embedded|conf/model name|hub id>,dtype=float32,kv_cache=paged
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from engines import create_engine
 from engines.base import EngineOptions, ModelSpec, Technique
 from harness.eval.adapter import EngineLM
@@ -21,7 +23,7 @@ from harness.eval.adapter import EngineLM
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "infermatrix"
-EMBEDDED_NAMES = ("embedded", "smollm2", "smollm2-135m")
+CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
 DEFAULT_BATCH_SIZE = 16
 
 
@@ -34,16 +36,24 @@ def register() -> None:
         model_registry.register(MODEL_NAME, target=f"{__name__}:InfermatrixLM")
 
 
-def model_from_arg(model: str, dtype: str) -> ModelSpec:
-    """A local folder or GGUF file, the embedded SmolLM2, or a hub id."""
+def model_from_arg(model: str, dtype: str | None) -> ModelSpec:
+    """A local folder or GGUF file, `embedded` (SmolLM2), a model config name from
+    conf/model/ (resolved as the Hydra app resolves it), or a hub id."""
     from harness.models import model_spec
 
-    if model in EMBEDDED_NAMES:
-        spec, _ = model_spec("smollm2-135m", "embedded", dtype)
+    entry = CONF_MODELS / f"{model}.yaml"
+    if model == "embedded":
+        spec, _ = model_spec("smollm2-135m", "embedded", dtype or "float32")
     elif Path(model).expanduser().exists():
-        spec, _ = model_spec(Path(model).name, "local", dtype, local_path=model)
+        spec, _ = model_spec(Path(model).name, "local", dtype or "float32", local_path=model)
+    elif entry.is_file():
+        conf = yaml.safe_load(entry.read_text())
+        if conf.get("source") == "random":
+            raise ValueError(f"model config '{model}' has random weights: accuracy would be meaningless")
+        spec, _ = model_spec(conf["name"], conf.get("source", "auto"), dtype or conf.get("dtype", "float32"),
+                             local_path=conf.get("local_path"), hub_id=conf.get("hub_id"))
     else:
-        spec, _ = model_spec(model, "hub", dtype, hub_id=model)
+        spec, _ = model_spec(model, "hub", dtype or "float32", hub_id=model)
     return spec
 
 
@@ -73,7 +83,7 @@ class InfermatrixLM(EngineLM):
         self,
         engine: str = "hf",
         model: str = "embedded",
-        dtype: str = "float32",
+        dtype: str | None = None,  # None: the model config's dtype, else float32
         device: str | None = None,
         batch_size: int | str | None = DEFAULT_BATCH_SIZE,
         max_batch_size: int | None = None,  # accepted from lm-eval's CLI; batch_size already bounds calls

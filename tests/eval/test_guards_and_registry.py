@@ -41,3 +41,12 @@ def test_wrapper_cli_takes_out_its_local_data_flag():
     argv = ["--model", "infermatrix", "--local_data", "/data", "--tasks", "gsm8k"]
     assert take_local_data(argv) == (["--model", "infermatrix", "--tasks", "gsm8k"], "/data")
     assert take_local_data(["--local_data=/d", "--limit", "2"]) == (["--limit", "2"], "/d")
+
+
+def test_model_arg_resolves_embedded_folders_and_model_config_names(smollm2_dir):
+    from harness.eval.register import model_from_arg
+
+    assert model_from_arg("embedded", None).path == str(smollm2_dir)
+    assert model_from_arg(str(smollm2_dir), "bfloat16").dtype == "bfloat16"
+    by_name = model_from_arg("qwen2.5-0.5b", None)
+    assert (by_name.path, by_name.dtype) == ("Qwen/Qwen2.5-0.5B-Instruct", "bfloat16")
