@@ -53,8 +53,7 @@ DECODE_BUCKET = 8  # decodes run in groups of similar context length, so little 
 class GatherPlan:
     """Block indices (and masks) shared by every layer of one pass."""
 
-    store_rows: torch.Tensor | None  # rows of k/v to store (None = all)
-    store_slots: torch.Tensor
+    store_slots: torch.Tensor  # cache slot of every new token
     decode_groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (rows, blocks [n*mb], mask)
     prefill_blocks: list[torch.Tensor]  # per sequence, the blocks holding its context
     prefill_masks: list[torch.Tensor | None]  # per sequence [q_len, ctx] bool; None = plain causal
@@ -83,11 +82,8 @@ def _decode_groups(meta: AttnMetadata, block_size: int) -> list[tuple[torch.Tens
 
 
 def gather_plan(meta: AttnMetadata, block_size: int) -> GatherPlan:
+    """Our runner never pads (slot -1): graph runners that pad use the kernels backends."""
     device = meta.slot_mapping.device
-    keep = meta.slot_mapping >= 0
-    padded = bool((~keep).any()) if meta.slot_mapping.numel() else False
-    store_rows = keep.nonzero().squeeze(1) if padded else None
-    store_slots = meta.slot_mapping[keep] if padded else meta.slot_mapping
     groups = _decode_groups(meta, block_size) if meta.num_decode_tokens else []
     prefill_blocks, prefill_masks = [], []
     for b, (q_len, ctx) in enumerate(zip(meta.prefill_q_lens_host, meta.prefill_context_lens_host)):
@@ -97,7 +93,7 @@ def gather_plan(meta: AttnMetadata, block_size: int) -> GatherPlan:
             continue
         q_pos = torch.arange(ctx - q_len, ctx, device=device)
         prefill_masks.append(torch.arange(ctx, device=device)[None, :] <= q_pos[:, None])
-    return GatherPlan(store_rows, store_slots, groups, prefill_blocks, prefill_masks)
+    return GatherPlan(meta.slot_mapping, groups, prefill_blocks, prefill_masks)
 
 
 class SdpaAttention:
@@ -108,8 +104,6 @@ class SdpaAttention:
         plan: GatherPlan = meta.backend_state
         num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
         group = q.shape[1] // num_kv_heads
-        if plan.store_rows is not None:
-            k, v = k[plan.store_rows], v[plan.store_rows]
         k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, plan.store_slots, k.to(k_cache.dtype))
         v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, plan.store_slots, v.to(v_cache.dtype))
         out = torch.empty_like(q)
@@ -145,8 +139,7 @@ class FlashAttention:
 
         self.varlen = flash_attn_varlen_func
 
-    def prepare(self, meta: AttnMetadata, block_size: int) -> tuple[GatherPlan, torch.Tensor, torch.Tensor, int, int]:
-        plan = gather_plan(meta, block_size)
+    def prepare(self, meta: AttnMetadata, block_size: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         nd = meta.num_decode_tokens
         q_lens = [1] * nd + meta.prefill_q_lens_host
         ctx_lens = meta.decode_context_lens_host + meta.prefill_context_lens_host
@@ -155,16 +148,14 @@ class FlashAttention:
         slots = torch.cat([_table_slots(t, n, block_size) for t, n in zip(tables, ctx_lens)])
         cu_q = torch.tensor([0] + q_lens, device=device).cumsum(0).int()
         cu_k = torch.tensor([0] + ctx_lens, device=device).cumsum(0).int()
-        return plan, slots, torch.stack([cu_q, cu_k]), max(q_lens), max(ctx_lens)
+        return slots, torch.stack([cu_q, cu_k]), max(q_lens), max(ctx_lens)
 
     def forward(self, q, k, v, k_cache, v_cache, meta: AttnMetadata, scale: float) -> torch.Tensor:
-        plan, slots, cu, max_q, max_k = meta.backend_state
+        slots, cu, max_q, max_k = meta.backend_state
         flat_k = k_cache.view(-1, *k_cache.shape[2:])
         flat_v = v_cache.view(-1, *v_cache.shape[2:])
-        if plan.store_rows is not None:
-            k, v = k[plan.store_rows], v[plan.store_rows]
-        flat_k.index_copy_(0, plan.store_slots, k.to(k_cache.dtype))
-        flat_v.index_copy_(0, plan.store_slots, v.to(v_cache.dtype))
+        flat_k.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
+        flat_v.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
         return self.varlen(
             q, flat_k[slots], flat_v[slots], cu[0], cu[1], max_q, max_k, softmax_scale=scale, causal=True
         )

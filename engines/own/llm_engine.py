@@ -60,17 +60,16 @@ class LLMEngine:
         self.max_kv_tokens = region * config.block_size
 
     def add_request(self, request: Request) -> Sequence:
-        sampling = request.sampling
-        prompt = [int(t) for t in request.prompt_token_ids] if isinstance(sampling, SamplingParams) else []
-        seq = Sequence(request.request_id, prompt, len(prompt), sampling, now())
         error = request_error(request, self.config.vocab_size, self.config.max_model_len, self.max_kv_tokens)
         if error is not None:
-            seq.prompt_len = len(request.prompt_token_ids)
+            seq = Sequence(request.request_id, [], len(request.prompt_token_ids), request.sampling, now())
             seq.finish("error", error)
             self.rejected.append(seq)
             return seq
-        if sampling.seed is not None and sampling.temperature > 0:
-            seq.generator = torch.Generator(device=self.runner.device).manual_seed(sampling.seed)
+        prompt = [int(t) for t in request.prompt_token_ids]
+        seq = Sequence(request.request_id, prompt, len(prompt), request.sampling, now())
+        if seq.sampling.seed is not None and seq.sampling.temperature > 0:
+            seq.generator = torch.Generator(device=self.runner.device).manual_seed(seq.sampling.seed)
         self.scheduler.add(seq)
         return seq
 

@@ -88,6 +88,7 @@ def test_bad_requests_get_an_error_and_the_others_are_served():
         "max_tokens 0": Request("max_tokens 0", [5], SamplingParams(max_tokens=0)),
         "beyond vocab": Request("beyond vocab", [5, 300], SamplingParams()),
         "negative id": Request("negative id", [-1, 5], SamplingParams()),
+        "not an int": Request("not an int", [5, "a"], SamplingParams()),
         "temperature": Request("temperature", [5], SamplingParams(temperature=-1.0)),
         "top_p": Request("top_p", [5], SamplingParams(top_p=0.0)),
     }
