@@ -1,8 +1,11 @@
 """Attention backends over the paged KV cache, one interface: `prepare` once per pass, `forward` per layer.
 
-- torch / triton: the kernels helper's functions (`engines/own/kernels`), decode and prefill parts apart.
-- sdpa: our own path: gather each sequence's K/V through precomputed slot indices, then
-  `scaled_dot_product_attention` (the fast path on CPU, with its fused flash kernel).
+- sdpa / torch: our own path: gather each sequence's K/V through block indices computed once per pass, then
+  `scaled_dot_product_attention` (sdpa), or (torch) SDPA for decode and plain batched matmuls + softmax for
+  prefill. On a 2-core CPU (1 thread, 9 heads / 3 KV heads): prefill 300 queries over 700 keys took 62 ms
+  in SDPA vs 41 ms as matmuls, 512 causal 116 vs 49 ms; decode of 8 rows over 400 keys 0.85 ms in SDPA vs
+  5.4 ms as matmuls (small strided batched matmuls).
+- triton: the kernels helper's functions (`engines/own/kernels`), decode and prefill parts apart.
 - flash_attn: the flash-attn package's varlen kernel over gathered K/V (CUDA only).
 """
 
@@ -96,7 +99,44 @@ def gather_plan(meta: AttnMetadata, block_size: int) -> GatherPlan:
     return GatherPlan(meta.slot_mapping, groups, prefill_blocks, prefill_masks)
 
 
-class SdpaAttention:
+def _sdpa_decode(query, keys, values, mask, scale):
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+
+
+def _sdpa_prefill(query, keys, values, mask, scale):
+    """query [q_len, H, D]; keys/values [ctx, KVH, D]; mask [q_len, ctx] bool or None (plain causal)."""
+    group = query.shape[1] // keys.shape[1]
+    keys = keys.transpose(0, 1).repeat_interleave(group, dim=0)
+    values = values.transpose(0, 1).repeat_interleave(group, dim=0)
+    attended = F.scaled_dot_product_attention(
+        query.transpose(0, 1), keys, values, attn_mask=mask, is_causal=mask is None, scale=scale
+    )
+    return attended.transpose(0, 1)
+
+
+def _matmul_prefill(query, keys, values, mask, scale):
+    """Same contract as `_sdpa_prefill`: grouped query heads share one K/V head through the row dimension,
+    so GQA needs no K/V repeat, and three big batched matmuls replace CPU SDPA's slow prefill path."""
+    q_len, heads, head_dim = query.shape
+    ctx, kv_heads = keys.shape[0], keys.shape[1]
+    group = heads // kv_heads
+    if mask is None:
+        mask = torch.ones(q_len, ctx, dtype=torch.bool, device=query.device).tril_(ctx - q_len)
+    grouped = (query * scale).view(q_len, kv_heads, group, head_dim).permute(1, 2, 0, 3)
+    scores = torch.bmm(grouped.reshape(kv_heads, group * q_len, head_dim), keys.permute(1, 2, 0))
+    scores.view(kv_heads, group, q_len, ctx).masked_fill_(~mask, float("-inf"))
+    attended = torch.bmm(scores.softmax(dim=-1), values.transpose(0, 1))  # [KVH, group * q_len, D]
+    return attended.view(kv_heads, group, q_len, head_dim).permute(2, 0, 1, 3).reshape(q_len, heads, head_dim)
+
+
+class GatheredAttention:
+    """Gather each sequence's K/V through the per-pass `GatherPlan`, then attend with the given functions:
+    `sdpa` uses scaled_dot_product_attention throughout; `torch` uses it for decode only, where its fused
+    CPU kernel is fastest, and plain batched matmuls for prefill, where it is slow (measured, see module doc)."""
+
+    def __init__(self, decode_fn, prefill_fn) -> None:
+        self.decode_fn, self.prefill_fn = decode_fn, prefill_fn
+
     def prepare(self, meta: AttnMetadata, block_size: int) -> GatherPlan:
         return gather_plan(meta, block_size)
 
@@ -112,23 +152,27 @@ class SdpaAttention:
             query = q.index_select(0, rows).view(len(rows), num_kv_heads, group, head_dim)
             keys = k_cache.index_select(0, blocks).view(len(rows), -1, num_kv_heads, head_dim).transpose(1, 2)
             values = v_cache.index_select(0, blocks).view(len(rows), -1, num_kv_heads, head_dim).transpose(1, 2)
-            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+            attended = self.decode_fn(query, keys, values, mask, scale)
             out.index_copy_(0, rows, attended.reshape(len(rows), -1, head_dim))
         start = meta.num_decode_tokens
         for blocks, mask, q_len, ctx in zip(
             plan.prefill_blocks, plan.prefill_masks, meta.prefill_q_lens_host, meta.prefill_context_lens_host
         ):
-            query = q[start : start + q_len].transpose(0, 1)  # [H, q_len, D]
             keys = k_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
             values = v_cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)[:ctx]
-            keys = keys.transpose(0, 1).repeat_interleave(group, dim=0)
-            values = values.transpose(0, 1).repeat_interleave(group, dim=0)
-            attended = F.scaled_dot_product_attention(
-                query, keys, values, attn_mask=mask, is_causal=mask is None, scale=scale
-            )
-            out[start : start + q_len] = attended.transpose(0, 1)
+            out[start : start + q_len] = self.prefill_fn(q[start : start + q_len], keys, values, mask, scale)
             start += q_len
         return out
+
+
+class SdpaAttention(GatheredAttention):
+    def __init__(self) -> None:
+        super().__init__(_sdpa_decode, _sdpa_prefill)
+
+
+class TorchAttention(GatheredAttention):
+    def __init__(self) -> None:
+        super().__init__(_sdpa_decode, _matmul_prefill)
 
 
 class FlashAttention:
@@ -161,10 +205,12 @@ class FlashAttention:
         )
 
 
-def make_attention(name: str, device: torch.device) -> KernelAttention | SdpaAttention | FlashAttention:
+def make_attention(name: str, device: torch.device) -> KernelAttention | GatheredAttention | FlashAttention:
     """The backend for a technique value; raises ValueError naming why it cannot run here."""
     if name == "sdpa":
         return SdpaAttention()
+    if name == "torch":
+        return TorchAttention()
     if name == "flash_attn":
         if device.type != "cuda":
             raise ValueError("flash_attn needs a CUDA device")
