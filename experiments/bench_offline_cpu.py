@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -22,19 +21,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from engines import create_engine  # noqa: E402
-from engines.base import EngineOptions, ModelSpec, Request, SamplingParams, Technique  # noqa: E402
+from engines.base import EngineOptions, ModelSpec, Request, Technique  # noqa: E402
 from engines.own.kv_pool import max_concurrent_sequences  # noqa: E402
+from harness.config import LengthDist, Lengths, WorkloadConfig  # noqa: E402
 from harness.models import embedded_model_dir  # noqa: E402
+from harness.runner import vocabulary  # noqa: E402
+from harness.workload import requests as make_requests  # noqa: E402
+from harness.workload import synthesize  # noqa: E402
 
 
-def workload(n: int, seed: int, vocab: int, prompt: tuple[int, int], output: tuple[int, int]) -> list[Request]:
-    rng = random.Random(seed)
-    requests = []
-    for i in range(n):
-        prompt_len, max_tokens = rng.randint(*prompt), rng.randint(*output)
-        ids = [rng.randrange(3, vocab) for _ in range(prompt_len)]
-        requests.append(Request(f"r{i}", ids, SamplingParams(max_tokens=max_tokens, ignore_eos=True)))
-    return requests
+def workload(spec: ModelSpec, n: int, seed: int, prompt: tuple[int, int], output: tuple[int, int]) -> list[Request]:
+    """The harness's own seeded synthetic workload (the `uniform` one), so numbers compare with sweeps."""
+    cfg = WorkloadConfig(
+        name="uniform", seed=seed, ignore_eos=True,
+        input_len=Lengths(dist=LengthDist.uniform, low=prompt[0], high=prompt[1]),
+        output_len=Lengths(dist=LengthDist.uniform, low=output[0], high=output[1]),
+    )  # fmt: skip
+    vocab_size, special = vocabulary(spec)
+    built = synthesize(cfg, n, vocab_size, special, seed=0)
+    print(f"workload hash {built.hash}")
+    return make_requests(built, cfg, "r")
 
 
 def run(name: str, engine, requests: list[Request]) -> dict:
@@ -87,7 +93,7 @@ def main() -> None:
           f"load avg={os.getloadavg()}")  # fmt: skip
     model_dir = str(embedded_model_dir())
     spec = ModelSpec("SmolLM2-135M-Instruct", model_dir, dtype="float32")
-    requests = workload(args.requests, args.seed, 49152, tuple(args.prompt), tuple(args.output))
+    requests = workload(spec, args.requests, args.seed, tuple(args.prompt), tuple(args.output))
     print(f"workload: {len(requests)} requests, prompt {args.prompt[0]}-{args.prompt[1]}, "
           f"output {args.output[0]}-{args.output[1]} tokens, ignore_eos, seed {args.seed}")  # fmt: skip
     budget = int(args.kv_gib * 2**30)

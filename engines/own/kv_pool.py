@@ -46,14 +46,17 @@ def allocate_kv_caches(
 def max_concurrent_sequences(
     num_blocks: int, block_size: int, seq_lens: list[int], kv_cache: str, max_model_len: int
 ) -> int:
-    """How many of `seq_lens` (taken in order, each at its full length) hold KV at once in `num_blocks`:
-    paged needs ceil(len / block_size) blocks each; contiguous reserves max_model_len for every sequence."""
+    """How many sequences of this length mix (`seq_lens` repeated in order, each at its full length) hold KV
+    at once in `num_blocks`: paged needs ceil(len / block_size) blocks each; contiguous reserves
+    max_model_len for every sequence, whatever its length."""
     if kv_cache == "contiguous":
-        return min(len(seq_lens), num_blocks // -(-max_model_len // block_size))
-    used = count = 0
-    for length in seq_lens:
-        used += -(-length // block_size)
-        if used > num_blocks:
+        return num_blocks // -(-max_model_len // block_size)
+    blocks_each = [-(-length // block_size) for length in seq_lens]
+    rounds, used = divmod(num_blocks, sum(blocks_each))
+    count = rounds * len(blocks_each)
+    for blocks in blocks_each:
+        if blocks > used:
             break
+        used -= blocks
         count += 1
     return count

@@ -167,3 +167,12 @@ def test_model_families_match_transformers(family, tmp_path):
         hf_tokens = reference.generate(torch.tensor([prompt[:20]]), max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert torch.allclose(torch.tensor(scored.logprobs), expected, atol=1e-5)
     assert greedy(engine, [prompt[:20]], max_tokens=10)[0].token_ids == hf_tokens[0, 20:].tolist()
+
+
+def test_concurrent_sequences_repeat_the_length_mix_until_the_pool_is_full():
+    from engines.own.kv_pool import max_concurrent_sequences
+
+    # lengths 16 and 48 take 1 and 3 blocks: 10 blocks hold 1+3+1+3+1 (the next 3 do not fit)
+    assert max_concurrent_sequences(10, 16, [16, 48], "paged", 64) == 5
+    # contiguous reserves max_model_len (4 blocks) per sequence whatever its length
+    assert max_concurrent_sequences(10, 16, [16, 48], "contiguous", 64) == 2
