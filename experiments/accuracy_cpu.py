@@ -35,8 +35,9 @@ from harness.models import embedded_model_dir  # noqa: E402
 def stratified_subjects(per_category: int) -> list[str]:
     chosen = []
     for subjects in mmlu_categories().values():
-        step = len(subjects) / per_category
-        chosen += [subjects[int(i * step)] for i in range(min(per_category, len(subjects)))]
+        count = min(per_category, len(subjects))  # more than a category has: all of it
+        step = len(subjects) / count
+        chosen += [subjects[int(i * step)] for i in range(count)]
     return sorted(chosen)
 
 
