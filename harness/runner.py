@@ -134,7 +134,12 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
     record.write_json_atomic(result_path, result)
     from harness.trackers import track_result  # after the write: a tracker failure loses nothing
 
-    result["tracker"] = track_result(OmegaConf.to_object(cfg.tracker), result, result_path, out_dir)
+    try:
+        tracker = OmegaConf.to_object(cfg.tracker)
+    except Exception as exc:  # an invalid tracker config already failed the cell above
+        result["tracker"] = {"tracker": "invalid", "error": str(exc)}
+    else:
+        result["tracker"] = track_result(tracker, result, result_path, out_dir)
     row = record.table_row(result, result_path)
     for table in {store_table.resolve(), (sweep_dir / record.TABLE_NAME).resolve()}:
         record.append_row(table, row)

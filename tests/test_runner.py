@@ -96,3 +96,9 @@ def test_hf_cell_on_smollm2_is_logged_to_wandb_offline_with_the_same_values(tmp_
         assert summary[key] == pytest.approx(result["metrics"][name][stat])
     assert summary["output_throughput_tok_s"] == pytest.approx(result["metrics"]["output_throughput_tok_s"])
     assert run["config"]["engine"]["name"] == "hf" and run["config"]["technique"]["kv_cache"] is None
+
+
+def test_invalid_tracker_config_fails_the_cell_without_stopping_the_sweep(tmp_path, fake_engine):
+    row, out = cell(tmp_path, "a", "engine.name=fake", "tracker.mode=sometimes")
+    assert row["status"] == "failed" and "sometimes" in row["reason"]
+    assert row["tracker.tracker"] == "invalid" and (out / "result.json").is_file()
