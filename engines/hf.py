@@ -34,19 +34,16 @@ from engines.base import (
     Technique,
     now,
 )
+from engines.dtypes import torch_dtype
 from engines.hf_steps import StepRecorder
 from engines.padding import pad_batch, token_budget_batches
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
     """HF causal LM from a folder / hub id, or seeded random weights from a config dict."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if model.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{model.dtype}'")
-    dtype = DTYPES[model.dtype]
+    dtype = torch_dtype(model.dtype)
     if model.is_random:
         cfg = dict(model.random_config)
         config = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg)

@@ -33,7 +33,8 @@ from engines.own.kv_pool import (
     num_blocks_for_budget,
 )
 from engines.own.llm_engine import CoreConfig, LLMEngine
-from engines.own.loader import load_model, torch_dtype
+from engines.dtypes import torch_dtype
+from engines.own.loader import load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.scheduler import SchedulerConfig
 from engines.own.scoring import score_sequences

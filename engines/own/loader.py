@@ -9,18 +9,10 @@ import torch
 from safetensors import safe_open
 
 from engines.base import ModelSpec
+from engines.dtypes import torch_dtype
 from engines.own.config import ModelConfig, model_config_from_hf
 from engines.own.model import CausalLM
 from engines.own.rope import cos_sin_table
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"dtype '{name}' is not supported ({', '.join(DTYPES)})")
-    return DTYPES[name]
-
 
 def resolve_folder(path: str) -> Path:
     """A local folder as is; anything else is treated as a hub id and downloaded (safetensors + config)."""
