@@ -12,8 +12,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-# beside the checkout (../shared/data), unless INFERMATRIX_SHARED_DATA points elsewhere
-SHARED_DATA = Path(os.environ.get("INFERMATRIX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+# INFERMATRIX_SHARED_DATA, else beside the checkout (../shared/data), else the workplace's copy
+# (a fresh clone elsewhere, as CI makes, has no ../shared)
+_CANDIDATES = [os.environ.get("INFERMATRIX_SHARED_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data",
+               "/work/shared/data"]  # fmt: skip
+SHARED_DATA = next((Path(c) for c in _CANDIDATES if c and Path(c).is_dir()), Path(_CANDIDATES[1]))
 
 
 @pytest.fixture(scope="session")
