@@ -15,7 +15,7 @@ from harness.trackers import TrackerConfig, track_result
 from harness.trackers.mode import resolve_mode
 from harness.trackers.secrets import REDACTED, is_secret_key, scrub_argv
 from harness.trackers.wandb_log import BLOCK_SIZE, WandbLogError, read_chunks, read_records, read_run
-from harness.trackers.wandb_run import flatten
+from harness.record import flatten
 
 FAKE_KEY = "hf_FAKEKEYdoNotLeak0123456789abcdef"
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.record import flatten
 from harness.trackers.config import TrackerConfig
 from harness.trackers.mode import resolve_mode
 from harness.trackers.secrets import scrub, scrub_argv, secret_values
@@ -17,17 +18,6 @@ from harness.trackers.secrets import scrub, scrub_argv, secret_values
 # Result fields that say what actually ran (engine defaults resolved), beside the requested config.
 RESOLVED_FIELDS = ("technique_applied", "model", "workload", "environment")
 _ARTIFACT_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one level of dotted keys: {"ttft_ms": {"p50": 1}} -> {"ttft_ms.p50": 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def run_summary(result: dict[str, Any]) -> dict[str, Any]:
