@@ -37,6 +37,7 @@ from engines.base import (
 from engines.dtypes import torch_dtype
 from engines.hf_steps import StepRecorder
 from engines.padding import pad_batch, token_budget_batches
+from engines.validation import request_error
 
 
 def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
@@ -110,22 +111,6 @@ class HFEngine(Engine):
     def eos_token_id(self) -> int | None:
         return self.eos_ids[0] if self.eos_ids else None
 
-    def request_error(self, request: Request) -> str | None:
-        """Why a request cannot run, or None."""
-        prompt = request.prompt_token_ids
-        try:
-            request.sampling.validate()
-        except ValueError as exc:
-            return f"invalid sampling parameters: {exc}"
-        if not prompt:
-            return "empty prompt"
-        if self.context_len is not None and len(prompt) >= self.context_len:
-            return f"prompt has {len(prompt)} tokens; the model's context is {self.context_len}"
-        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
-        if bad:
-            return f"token ids out of range [0, {self.vocab_size}): {bad[:5]}"
-        return None
-
     def batches(self, requests: Sequence[Request]) -> list[list[int]]:
         """Request indices in static batches; requests sharing sampling parameters batch together."""
         groups: dict[tuple[float, int, float], list[int]] = {}
@@ -144,7 +129,7 @@ class HFEngine(Engine):
         outputs: list[RequestOutput | None] = [None] * len(requests)
         runnable = []
         for index, request in enumerate(requests):
-            error = self.request_error(request)
+            error = request_error(request, self.vocab_size, self.context_len)
             if error is None:
                 runnable.append(index)
                 continue

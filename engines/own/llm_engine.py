@@ -15,8 +15,8 @@ from engines.own.block_manager import BlockManager
 from engines.own.contiguous_allocator import ContiguousAllocator
 from engines.own.model_runner import ModelRunner
 from engines.own.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from engines.own.sequence import Sequence, Status
-from engines.own.validation import request_error
+from engines.own.sequence import Sequence
+from engines.validation import request_error
 
 
 @dataclass(slots=True)

@@ -73,7 +73,7 @@ def paged_prefill_attention(
     tokens) are already stored, `context_lens[b]` tokens in all. New token `i` sits at position
     `context_lens[b] - q_len + i` and attends to positions up to its own.
     """
-    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_heads = q.shape[1]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)

@@ -7,8 +7,10 @@ import numbers
 from engines.base import Request, SamplingParams
 
 
-def request_error(request: Request, vocab_size: int, max_model_len: int, max_kv_tokens: int) -> str | None:
-    """Why `request` cannot run, or None when it can."""
+def request_error(
+    request: Request, vocab_size: int, max_model_len: int | None, max_kv_tokens: int | None = None
+) -> str | None:
+    """Why `request` cannot run, or None when it can (every engine applies the same checks)."""
     sampling = request.sampling
     if not isinstance(sampling, SamplingParams):
         return f"sampling must be SamplingParams, got {type(sampling).__name__}"
@@ -23,10 +25,11 @@ def request_error(request: Request, vocab_size: int, max_model_len: int, max_kv_
         return "empty prompt: at least one token is needed"
     bad = [t for t in prompt if not isinstance(t, numbers.Integral) or isinstance(t, bool) or not 0 <= t < vocab_size]
     if bad:
-        return f"prompt has {len(bad)} token ids outside [0, {vocab_size}), e.g. {bad[:3]}"
-    if len(prompt) >= max_model_len:
-        return f"prompt of {len(prompt)} tokens leaves no room to generate within max_model_len={max_model_len}"
-    needed = min(len(prompt) + sampling.max_tokens, max_model_len)
-    if needed > max_kv_tokens:
+        return f"prompt has {len(bad)} token ids out of range [0, {vocab_size}), e.g. {bad[:3]}"
+    if max_model_len is not None and len(prompt) >= max_model_len:
+        return (f"prompt of {len(prompt)} tokens leaves no room to generate within the model's context "
+                f"(max_model_len={max_model_len})")  # fmt: skip
+    needed = min(len(prompt) + sampling.max_tokens, max_model_len or len(prompt) + sampling.max_tokens)
+    if max_kv_tokens is not None and needed > max_kv_tokens:
         return f"request needs KV for {needed} tokens but the whole KV pool holds {max_kv_tokens}"
     return None
