@@ -10,6 +10,7 @@ from engines.base import Engine, EngineOptions, ModelSpec, Technique
 ENGINES: dict[str, str] = {
     "hf": "engines.hf:HFEngine",
     "own": "engines.own.engine:OwnEngine",
+    "fault": "engines.fault:FaultEngine",  # fails on purpose: checks that sweeps survive crashes
 }
 
 

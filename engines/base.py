@@ -39,6 +39,22 @@ class Graphs(str, enum.Enum):
     compile = "compile"  # torch.compile
 
 
+class Fault(str, enum.Enum):
+    """How engine=fault fails, to check that a sweep survives it (and a cluster reports it)."""
+
+    none = "none"  # run normally (trivial tokens, real timestamps)
+    exception = "exception"  # a Python exception
+    segfault = "segfault"  # a real SIGSEGV (a null read)
+    oom_kill = "oom_kill"  # SIGKILL, as the kernel's OOM killer sends
+    hang = "hang"  # never returns (the cell's timeout ends it)
+    exit = "exit"  # the process exits with status 3
+
+
+class FaultAt(str, enum.Enum):
+    init = "init"  # while the engine loads
+    generate = "generate"  # in the first generate call
+
+
 @dataclass
 class Technique:
     """Every optimization toggle. `None` means "the engine's default", which the engine
@@ -62,6 +78,8 @@ class EngineOptions:
     kv_cache_bytes: int | None = None  # CPU: KV pool size; None = derive from memory
     gpu_memory_utilization: float = 0.9  # CUDA: fraction of free memory for weights + KV
     batch_size: int | None = None  # static batching: requests per batch (None = all)
+    fault: Fault = Fault.none  # engine=fault only
+    fault_at: FaultAt = FaultAt.generate  # engine=fault only
 
 
 @dataclass(slots=True, frozen=True)
@@ -176,6 +194,12 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release memory held by the engine."""
+
+    def memory_monitor(self, device: str) -> Any:
+        """A context manager that measures peak memory where this engine runs (`.result()` after)."""
+        from engines.memory import MemoryMonitor
+
+        return MemoryMonitor(device)
 
 
 def now() -> float:

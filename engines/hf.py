@@ -35,6 +35,7 @@ from engines.base import (
     now,
 )
 from engines.dtypes import torch_dtype
+from engines.memory import release_memory
 from engines.hf_steps import StepRecorder
 from engines.padding import pad_batch, token_budget_batches
 from engines.validation import request_error
@@ -234,5 +235,4 @@ class HFEngine(Engine):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        release_memory(torch.device(self.device))

@@ -45,7 +45,12 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from harness.callbacks import FAILED_CELLS
+
     app()
+    if FAILED_CELLS:  # every cell ran and was recorded; the status says not all of them succeeded
+        print(f"[infermatrix] {len(FAILED_CELLS)} cell(s) failed: {', '.join(FAILED_CELLS)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,17 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+class Isolation(str, enum.Enum):
+    process = "process"  # each cell's engine in its own process, ended by cell_timeout_s
+    none = "none"  # in the harness process, for debugging: no timeout, a crash ends the run
+
+
+class Reuse(str, enum.Enum):
+    same_code = "same_code"  # a stored ok result of this config, device, hardware and code version
+    any = "any"  # ... of this config, device and hardware, measured by any code version
+    never = "never"  # always measure
+
+
 class ScenarioName(str, enum.Enum):
     latency = "latency"  # a fixed batch, fixed lengths, repeated
     throughput = "throughput"  # many requests with seeded lengths, submitted at once
@@ -154,16 +165,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     device: Device = Device.auto
     threads: int | None = None  # torch threads on CPU; None = one per core
-    store: str = "results"  # results store: results.jsonl of every cell, used to skip finished cells
-    force: bool = False  # rerun a cell even if the store has an ok result for its config hash
+    store: str = "results"  # results store: results.jsonl of every cell, used to reuse finished cells
+    reuse: Reuse = Reuse.same_code  # which stored ok results stand in for measuring again
+    isolation: Isolation = Isolation.process
+    cell_timeout_s: float | None = 7200.0  # wall clock per cell (isolation=process); null = none
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 or null, got {self.threads}")
+        if self.cell_timeout_s is not None and self.cell_timeout_s <= 0:
+            raise ConfigError(f"cell_timeout_s must be > 0 or null, got {self.cell_timeout_s}")
 
 
 # Keys that do not change what is measured: left out of the config hash.
-NON_SEMANTIC_KEYS = ("tracker", "store", "force")
+NON_SEMANTIC_KEYS = ("tracker", "store", "reuse", "isolation", "cell_timeout_s")
 
 
 def register() -> None:

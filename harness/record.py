@@ -2,8 +2,11 @@
 
 - `result.json` (one per cell, in the Hydra job directory): written to a temporary file in the
   same folder, fsynced, then renamed over the target.
-- `results.jsonl` (one flattened row per cell): appended under an exclusive lock, one whole
-  line per write; `pandas.read_json(path, lines=True)` reads it.
+- `results.jsonl` (one flattened row per cell): appended under an exclusive lock (on a sidecar
+  `.lock` file), one whole line per write; `pandas.read_json(path, lines=True)` reads it. A sweep's
+  own table keeps one row per job: rerunning into the same sweep folder replaces the job's row.
+- `locks/<config hash>.lock` in the store: held while a cell is measured, so two processes never
+  measure the same cell at once (the kernel releases it if the holder dies).
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import hashlib
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +83,10 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
         "model": config.get("model", {}).get("name"),
         "scenario": config.get("scenario", {}).get("name"),
         "workload": config.get("workload", {}).get("name"),
-        "device": result.get("environment", {}).get("device"),
+        "device": result.get("environment", {}).get("device") or (result.get("hardware") or {}).get("device"),
+        "hardware_id": result.get("hardware_id"),
+        "hardware": describe_hardware(result.get("hardware") or {}),
+        "code_version": result.get("code_version"),
         "result_path": str(result_path),
         "finished_at": result.get("finished_at"),
     }
@@ -101,17 +110,79 @@ def accuracy_columns(accuracy: dict) -> dict[str, Any]:
     return columns
 
 
-def append_row(table: Path, row: dict[str, Any]) -> None:
+def hardware_id(fingerprint: dict[str, Any]) -> str:
+    return config_hash(fingerprint)
+
+
+def describe_hardware(fingerprint: dict[str, Any]) -> str | None:
+    """A short human label: "cuda: 8x NVIDIA H100 (driver 570.1)" or "cpu: AMD EPYC ... (2/2 cores)"."""
+    if not fingerprint:
+        return None
+    if fingerprint.get("gpu_names"):
+        names = fingerprint["gpu_names"]
+        return f"{fingerprint['device']}: {len(names)}x {names[0]} (driver {fingerprint.get('gpu_driver')})"
+    return (f"{fingerprint.get('device')}: {fingerprint.get('cpu_model')} "
+            f"({fingerprint.get('usable_cores')}/{fingerprint.get('logical_cores')} cores)")  # fmt: skip
+
+
+@contextmanager
+def _table_lock(table: Path) -> Iterator[None]:
+    """Every writer of a table holds this (a sidecar file, since replace_row swaps the table's inode)."""
     table.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_clean(row), allow_nan=False) + "\n"
-    with open(table, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(table.with_name(f".{table.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def append_row(table: Path, row: dict[str, Any]) -> None:
+    line = json.dumps(_clean(row), allow_nan=False) + "\n"
+    with _table_lock(table), open(table, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def replace_row(table: Path, row: dict[str, Any], key: str = "job_num") -> None:
+    """Write `row` in place of any row with the same `key` value (atomically: a crash keeps the old table)."""
+    with _table_lock(table):
+        kept = [r for r in read_rows(table) if r.get(key) != row.get(key)]
+        text = "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in [*kept, row])
+        fd, tmp = tempfile.mkstemp(dir=table.parent, prefix=f".{table.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, table)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def cell_lock(store: Path, chash: str) -> Iterator[None]:
+    """Hold the store's lock for one config hash; waits (saying for whom) while another process holds it."""
+    path = store / "locks" / f"{chash}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            print(f"[infermatrix] waiting: {holder} is measuring this cell ({chash})", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def read_rows(table: Path) -> Iterator[dict[str, Any]]:
@@ -126,10 +197,12 @@ def read_rows(table: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
-def finished_ok(table: Path, chash: str) -> dict[str, Any] | None:
-    """The newest ok row for a config hash whose result.json still exists."""
+def reusable(table: Path, chash: str, hw_id: str, code: str | None) -> dict[str, Any] | None:
+    """The newest ok row measuring this config on this hardware (and, unless `code` is None, by this
+    code version) whose result.json still exists."""
     found = None
     for row in read_rows(table):
-        if row.get("config_hash") == chash and row.get("status") == "ok" and Path(row["result_path"]).is_file():
-            found = row
+        if (row.get("config_hash") == chash and row.get("status") == "ok" and row.get("hardware_id") == hw_id
+                and (code is None or row.get("code_version") == code) and Path(row["result_path"]).is_file()):
+            found = row  # fmt: skip
     return found

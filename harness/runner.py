@@ -1,10 +1,12 @@
 """One config in, one measured and recorded cell out.
 
-Order of work: hash the config and skip it if the store already has an ok result; validate;
-resolve the technique against the engine (unsupported -> skipped); build the engine; run the
-scenario; compute metrics; evaluate accuracy if asked; write result.json atomically; append the
-row to the store and the sweep table; send it to the tracker. Any failure becomes a recorded
-`failed` cell with its reason, so a sweep goes on.
+Order of work: hash the config; resolve the device, fingerprint the hardware and the code; take
+the store's lock for the hash; reuse a stored ok result if the `reuse` policy allows; otherwise
+validate, resolve the technique against the engine (unsupported -> skipped), start the engine
+(in its own process unless isolation=none), run the scenario, compute metrics, evaluate accuracy
+if asked; write result.json atomically; add the row to the store and the sweep table; send it to
+the tracker. Any failure, a crashed or hung engine process included, becomes a recorded `failed`
+cell with its reason, so a sweep goes on.
 """
 
 from __future__ import annotations
@@ -18,28 +20,24 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from engines import engine_class
-from engines.base import ModelSpec, UnsupportedTechnique
+from engines import ENGINES, engine_class
+from engines.base import Engine, EngineOptions, ModelSpec, UnsupportedTechnique
+from engines.environment import code_version, hardware_fingerprint, resolve_device
+from engines.worker import start_engine
 from harness import record
-from harness.config import NON_SEMANTIC_KEYS, Config, ConfigError, Device, load
-from harness.environment import collect_environment, configure_threads
+from harness.config import NON_SEMANTIC_KEYS, Config, ConfigError, Isolation, Reuse, load
+from harness.isolation import CellCrashed, EngineError, EngineProcess
 from harness.metrics import pooled_metrics, repeat_cis, request_timing, run_metrics
 from harness.models import model_spec
 from harness.scenario import measure
 
 
-def resolve_device(device: Device) -> str:
-    import torch
-
-    if device is Device.auto:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA device (device=auto picks what exists)")
-    return device.value
-
-
 def cell_name(config: dict) -> str:
+    """engine/model/scenario/workload, then the techniques chosen and the engine options changed."""
     chosen = [f"{k}={v}" for k, v in config["technique"].items() if v is not None]
+    defaults = asdict(EngineOptions())
+    chosen += [f"{k}={config['engine'][k]}" for k, v in defaults.items()
+               if k in config["engine"] and config["engine"][k] != getattr(v, "value", v)]  # fmt: skip
     parts = [config["engine"]["name"], config["model"]["name"], config["scenario"]["name"], config["workload"]["name"]]
     return "/".join(parts) + ("/" + ",".join(chosen) if chosen else "")
 
@@ -70,11 +68,23 @@ def per_request_rows(runs: list) -> list[dict[str, Any]]:
     return rows
 
 
-def measure_cell(config: Config, out_dir: Path, result: dict[str, Any]) -> None:
+def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, result: dict[str, Any]) -> Engine:
+    """The cell's engine, in its own process (isolation=process) or in this one."""
+    cls = engine_class(config.engine.name)
+    technique = cls.resolve_technique(config.technique)
+    result["technique_applied"] = {k: getattr(v, "value", v) for k, v in asdict(technique).items()}
+    args = (ENGINES[config.engine.name], spec, technique, config.engine.options(), device, config.threads)
+    if config.isolation is Isolation.process:
+        engine = EngineProcess(*args, log_path=out_dir / "worker.log", timeout_s=config.cell_timeout_s)
+        facts = engine.facts
+    else:
+        engine, facts = start_engine(*args)
+    result.update(threads=facts["threads"], environment=facts["environment"])
+    return engine
+
+
+def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, Any]) -> None:
     """Fill `result` in place, so whatever was learned before a failure is still recorded."""
-    result["threads"] = configure_threads(config.threads)
-    device = resolve_device(config.device)
-    result["environment"] = collect_environment(device)
     m = config.model
     spec, kind = model_spec(
         m.name, m.source.value, m.dtype.value, local_path=m.local_path, hub_id=m.hub_id,
@@ -82,10 +92,7 @@ def measure_cell(config: Config, out_dir: Path, result: dict[str, Any]) -> None:
     )  # fmt: skip
     result["model"] = {"name": m.name, "source_kind": kind, "path": spec.path, "dtype": m.dtype.value,
                        "random_weights": spec.is_random}  # fmt: skip
-    cls = engine_class(config.engine.name)
-    technique = cls.resolve_technique(config.technique)
-    result["technique_applied"] = {k: getattr(v, "value", v) for k, v in asdict(technique).items()}
-    engine = cls(spec, technique, config.engine.options(), device)
+    engine = open_engine(config, spec, device, out_dir, result)
     try:
         vocab_size, special = vocabulary(spec)
         measurement = measure(engine, config.scenario, config.workload, vocab_size, special, device)
@@ -107,28 +114,49 @@ def measure_cell(config: Config, out_dir: Path, result: dict[str, Any]) -> None:
 
 
 def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job_num: int) -> dict[str, Any]:
-    """Measure and record one cell; returns its results-table row."""
+    """Measure and record one cell (or reuse a stored result); returns its results-table row."""
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC_KEYS}
     chash = record.config_hash(semantic)
-    store_table = Path(cfg.store) / record.TABLE_NAME
-    if not cfg.force and (done := record.finished_ok(store_table, chash)):
-        print(f"[infermatrix] {done['cell']}: already measured ({done['result_path']}); force=true reruns it")
-        record.append_row(sweep_dir / record.TABLE_NAME, {**done, "reused": True, "sweep_id": sweep_id})
-        return done
+    store = Path(cfg.store)
     result: dict[str, Any] = {
         "schema": record.SCHEMA, "status": "failed", "reason": None, "cell": cell_name(resolved),
         "sweep_id": sweep_id, "job_num": job_num, "config": resolved, "config_hash": chash,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "code_version": code_version(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }  # fmt: skip
     try:
         config = load(cfg)
-        measure_cell(config, out_dir, result)
-        result["status"] = "ok"
-    except UnsupportedTechnique as exc:
-        result.update(status="skipped", reason=str(exc))
-    except Exception as exc:  # recorded, so the sweep goes on
+        device = resolve_device(config.device.value)
+    except (ConfigError, ValueError) as exc:
         result.update(reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        return finish(cfg, result, out_dir, sweep_dir, store)
+    result["hardware"] = hardware_fingerprint(device)
+    result["hardware_id"] = record.hardware_id(result["hardware"])
+    with record.cell_lock(store, chash):
+        if config.reuse is not Reuse.never:
+            code = result["code_version"] if config.reuse is Reuse.same_code else None
+            if done := record.reusable(store / record.TABLE_NAME, chash, result["hardware_id"], code):
+                print(f"[infermatrix] {done['cell']}: already measured ({done['result_path']}, code "
+                      f"{done.get('code_version')}); reuse=never measures it again")  # fmt: skip
+                reused = {**done, "reused": True, "sweep_id": sweep_id, "job_num": job_num}
+                record.replace_row(sweep_dir / record.TABLE_NAME, reused)
+                return reused
+        try:
+            measure_cell(config, device, out_dir, result)
+            result["status"] = "ok"
+        except UnsupportedTechnique as exc:
+            result.update(status="skipped", reason=str(exc))
+        except CellCrashed as exc:
+            result.update(reason=f"CellCrashed: {exc}", log_tail=exc.log_tail)
+        except EngineError as exc:
+            result.update(reason=str(exc), traceback=exc.child_traceback)
+        except Exception as exc:  # recorded, so the sweep goes on
+            result.update(reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        return finish(cfg, result, out_dir, sweep_dir, store)
+
+
+def finish(cfg: DictConfig, result: dict[str, Any], out_dir: Path, sweep_dir: Path, store: Path) -> dict[str, Any]:
+    """Write result.json, track it, add its row to the store and the sweep table."""
     result["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
     result_path = out_dir / "result.json"
     record.write_json_atomic(result_path, result)
@@ -141,6 +169,7 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
     else:
         result["tracker"] = track_result(tracker, result, result_path, out_dir)
     row = record.table_row(result, result_path)
-    for table in {store_table.resolve(), (sweep_dir / record.TABLE_NAME).resolve()}:
-        record.append_row(table, row)
+    record.append_row(store / record.TABLE_NAME, row)
+    if (sweep_dir / record.TABLE_NAME).resolve() != (store / record.TABLE_NAME).resolve():
+        record.replace_row(sweep_dir / record.TABLE_NAME, row)
     return row

@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from engines.base import Engine, RequestOutput
 from harness.config import ScenarioConfig, WorkloadConfig
-from harness.memory import MemoryMonitor
 from harness.workload import Workload, requests, synthesize
 
 
@@ -44,7 +43,7 @@ def measure(
     for w in range(scenario.warmup):
         run(WARMUP_SEED + w, f"warm-up {w + 1}/{scenario.warmup}")
     runs, workloads = [], []
-    with MemoryMonitor(device) as memory:
+    with engine.memory_monitor(device) as memory:
         for r in range(scenario.repeats):
             workload, outputs = run(r, f"measure {r + 1}/{scenario.repeats}")
             failed = [o for o in outputs if o.finish_reason == "error"]

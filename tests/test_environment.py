@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.environment import collect_environment, configure_threads, git_state
+from engines.environment import collect_environment, configure_threads, git_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +80,6 @@ def run_fresh_python(code: str) -> dict:
 
 
 def test_wait_policy_reaches_the_runtime_only_when_set_before_torch_loads():
-    call = "import json; from harness.environment import configure_threads; print(json.dumps(configure_threads(1)))"
+    call = "import json; from engines.environment import configure_threads; print(json.dumps(configure_threads(1)))"
     assert run_fresh_python(call)["omp_wait_policy_runtime"] == "PASSIVE"
     assert run_fresh_python("import torch; " + call)["omp_wait_policy_runtime"] == "unset"

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from harness.memory import MemoryMonitor
+from engines.memory import MemoryMonitor
 
 MIB = 1 << 20
 SIZE = 256 * MIB

@@ -11,7 +11,7 @@ from harness.config import register
 from harness.runner import run_cell
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SMALL = ["tracker=none", "scenario.repeats=2", "scenario.warmup=0", "workload.input_len.mean=8",
+SMALL = ["tracker=none", "isolation=none", "scenario.repeats=2", "scenario.warmup=0", "workload.input_len.mean=8",
          "workload.output_len.mean=3"]  # fmt: skip
 register()
 
@@ -44,15 +44,15 @@ def test_ok_cell_writes_result_json_and_both_tables(tmp_path, fake_engine):
         assert [r["config_hash"] for r in map(json.loads, table.read_text().splitlines())] == [row["config_hash"]]
 
 
-def test_cell_with_an_ok_result_is_skipped_on_rerun_unless_forced(tmp_path, fake_engine):
+def test_cell_with_an_ok_result_is_reused_on_rerun_unless_reuse_never(tmp_path, fake_engine):
     first, _ = cell(tmp_path, "a", "engine.name=fake")
     calls = len(fake_engine.CALLS)
     again, out = cell(tmp_path, "b", "engine.name=fake")
     assert again["result_path"] == first["result_path"] and not (out / "result.json").exists()
     assert len(fake_engine.CALLS) == calls  # nothing was measured again
-    forced, out = cell(tmp_path, "c", "engine.name=fake", "force=true")
+    forced, out = cell(tmp_path, "c", "engine.name=fake", "reuse=never")
     assert (out / "result.json").exists() and len(fake_engine.CALLS) > calls
-    assert forced["config_hash"] == first["config_hash"]  # force and tracker don't change the hash
+    assert forced["config_hash"] == first["config_hash"]  # reuse and tracker don't change the hash
 
 
 def test_failing_engine_is_recorded_as_failed_with_its_reason(tmp_path, fake_engine, monkeypatch):

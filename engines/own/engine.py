@@ -34,6 +34,7 @@ from engines.own.kv_pool import (
 )
 from engines.own.llm_engine import CoreConfig, LLMEngine
 from engines.dtypes import torch_dtype
+from engines.memory import release_memory
 from engines.own.loader import load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.scheduler import SchedulerConfig
@@ -161,10 +162,11 @@ class OwnEngine(Engine):
         return stats
 
     def close(self) -> None:
-        self.model.bind(None, [], self.options.block_size)
-        self.llm = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        """Drop every reference to weights, KV blocks and graphs before returning cached memory
+        to the device: emptying the cache while they live frees nothing, and the next cell's KV
+        budget (sized from free memory) would depend on this one."""
+        self.model = self.runner = self.llm = None
+        release_memory(self.device)
 
 
 def _eos_token_ids(spec: ModelSpec, hf_config: dict) -> tuple[int, ...]:

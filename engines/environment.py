@@ -1,5 +1,7 @@
 """What a result was measured on, and the thread settings it was measured with.
 
+Engine-side (no Hydra, W&B or lm-eval): the cell's worker process calls it where the engine runs.
+
 Only named facts are collected (never the whole environment), so secrets such as API keys
 cannot leak into a record. torch is imported lazily: `configure_threads` can then set
 OMP_WAIT_POLICY before the OpenMP runtime loads, which is the only time the runtime reads it.
@@ -8,6 +10,7 @@ OMP_WAIT_POLICY before the OpenMP runtime loads, which is the only time the runt
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -54,6 +57,42 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
         return {"git_sha": None, "git_dirty": None}
     changes = git("status", "--porcelain", "--untracked-files=no")
     return {"git_sha": sha, "git_dirty": None if changes is None else bool(changes)}
+
+
+def code_version(repo: Path = REPO_ROOT) -> str:
+    """Package version + commit, plus a hash of the uncommitted diff when the tree is dirty:
+    two results share it only when the same code measured them."""
+    state = git_state(repo)
+    version = f"{package_version('infermatrix') or 'unknown'}+{(state['git_sha'] or 'nogit')[:12]}"
+    if state["git_dirty"]:
+        try:
+            diff = subprocess.run(["git", "diff", "HEAD"], cwd=repo, capture_output=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            diff = b""
+        version += f".dirty-{hashlib.sha256(diff).hexdigest()[:8]}"
+    return version
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> cuda when torch sees one, else cpu; cuda without a device is an error."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but torch sees no CUDA device (device=auto picks what exists)")
+    return requested
+
+
+def hardware_fingerprint(device: str) -> dict[str, Any]:
+    """What must match for a stored result to stand for a new one: the device kind and the
+    processor (CPU model and cores) or the GPUs (names, count, driver)."""
+    if device.startswith("cuda"):
+        gpus = gpu_facts()
+        return {"device": device, "gpu_names": gpus.get("gpu_names"), "gpu_count": gpus["gpu_count"],
+                "gpu_driver": gpus.get("gpu_driver")}  # fmt: skip
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"device": device, "cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable}
 
 
 def gpu_facts() -> dict[str, Any]:

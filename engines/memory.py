@@ -117,3 +117,16 @@ class MemoryMonitor:
             out["nvml_peak_used_bytes"] = self.peak_nvml_used
         out["peak_memory_bytes"] = self.cuda_peaks["cuda_max_allocated_bytes"] if self.cuda else self.peak_rss
         return out
+
+
+def release_memory(device: Any) -> None:
+    """Collect what the caller just dropped and hand cached device memory back (for in-process
+    cells; an isolated cell's process exit frees everything)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()

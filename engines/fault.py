@@ -1,0 +1,91 @@
+"""An engine that fails on purpose, in a chosen way and place (`engine=fault engine.fault=segfault`).
+
+It checks what the harness promises: a crash, a kill or a hang in one cell is recorded as that
+cell's failure and the sweep goes on. With `fault=none` it runs normally, producing trivial tokens
+with real timestamps and loading no model, so a cluster's plumbing can be checked cheaply.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from engines.base import (
+    Attention,
+    Batching,
+    Engine,
+    EngineOptions,
+    Fault,
+    FaultAt,
+    Graphs,
+    KVCache,
+    ModelSpec,
+    ProgressFn,
+    Request,
+    RequestOutput,
+    ScoredSequence,
+    Technique,
+    now,
+)
+from engines.validation import request_error
+
+
+def trigger(fault: Fault) -> None:
+    if fault is Fault.exception:
+        raise RuntimeError("fault engine: injected exception")
+    if fault is Fault.segfault:
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    elif fault is Fault.oom_kill:
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault is Fault.hang:
+        while True:
+            time.sleep(3600)
+    elif fault is Fault.exit:
+        os._exit(3)
+
+
+class FaultEngine(Engine):
+    name: ClassVar[str] = "fault"
+    supports: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "kv_cache": (KVCache.none,), "batching": (Batching.static,), "chunked_prefill": (False,),
+        "prefix_cache": (False,), "attention": (Attention.torch,), "graphs": (Graphs.eager,),
+    }  # fmt: skip
+    defaults: ClassVar[dict[str, Any]] = {
+        "kv_cache": KVCache.none, "batching": Batching.static, "chunked_prefill": False,
+        "prefix_cache": False, "attention": Attention.torch, "graphs": Graphs.eager,
+    }  # fmt: skip
+
+    def __init__(self, model: ModelSpec, technique: Technique, options: EngineOptions, device: str) -> None:
+        self.fault = Fault(options.fault)
+        self.vocab_size = int((model.random_config or {}).get("vocab_size", 1 << 31))
+        if FaultAt(options.fault_at) is FaultAt.init:
+            trigger(self.fault)
+
+    def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
+        trigger(self.fault)
+        arrival = now()
+        outputs = []
+        for r in requests:
+            error = request_error(r, self.vocab_size, None)
+            times = [] if error else [now() for _ in range(r.sampling.max_tokens)]
+            reason = "error" if error else "length"
+            outputs.append(RequestOutput(r.request_id, len(r.prompt_token_ids), [0] * len(times), times, arrival,
+                                         reason, error))  # fmt: skip
+            if progress:
+                progress(1)
+        return outputs
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
+        trigger(self.fault)
+        return [ScoredSequence([0.0] * (len(s) - 1), [True] * (len(s) - 1)) for s in sequences]
+
+    def stats(self) -> dict[str, Any]:
+        return {"fault": self.fault.value}
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None
