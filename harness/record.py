@@ -146,10 +146,13 @@ def append_row(table: Path, row: dict[str, Any]) -> None:
 
 
 def replace_row(table: Path, row: dict[str, Any], key: str = "job_num") -> None:
-    """Write `row` in place of any row with the same `key` value (atomically: a crash keeps the old table)."""
+    """Write `row` in place of the row with the same `key` value, else at the end (atomically: a crash
+    keeps the old table)."""
     with _table_lock(table):
-        kept = [r for r in read_rows(table) if r.get(key) != row.get(key)]
-        text = "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in [*kept, row])
+        rows = list(read_rows(table))
+        at = next((i for i, r in enumerate(rows) if r.get(key) == row.get(key)), len(rows))
+        rows[at : at + 1] = [row]  # in the old row's place, so the table keeps its job order
+        text = "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in rows)
         fd, tmp = tempfile.mkstemp(dir=table.parent, prefix=f".{table.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:

@@ -7,6 +7,8 @@ import pytest
 
 from harness import record
 
+SAME = {"hardware_id": "hw", "code_version": "v1"}
+
 
 def test_atomic_write_keeps_the_old_file_when_serialisation_fails(tmp_path):
     path = tmp_path / "result.json"
@@ -28,19 +30,34 @@ def test_config_hash_ignores_key_order_and_changes_with_values():
 
 def test_table_rows_append_and_a_torn_line_is_skipped(tmp_path):
     table = tmp_path / record.TABLE_NAME
-    record.append_row(table, {"config_hash": "h1", "status": "ok", "result_path": str(table)})
+    record.append_row(table, {**SAME, "config_hash": "h1", "status": "ok", "result_path": str(table)})
     with open(table, "a") as f:
         f.write('{"config_hash": "h2", "stat')  # a crash mid-write
     assert [r["config_hash"] for r in record.read_rows(table)] == ["h1"]
-    assert record.finished_ok(table, "h1")["status"] == "ok"
-    assert record.finished_ok(table, "h2") is None
+    assert record.reusable(table, "h1", "hw", "v1")["status"] == "ok"
+    assert record.reusable(table, "h2", "hw", "v1") is None
 
 
-def test_finished_ok_ignores_failed_rows_and_missing_result_files(tmp_path):
+def test_reusable_ignores_failed_rows_and_missing_result_files(tmp_path):
     table = tmp_path / record.TABLE_NAME
-    record.append_row(table, {"config_hash": "h", "status": "failed", "result_path": str(table)})
-    record.append_row(table, {"config_hash": "h", "status": "ok", "result_path": str(tmp_path / "gone.json")})
-    assert record.finished_ok(table, "h") is None
+    record.append_row(table, {**SAME, "config_hash": "h", "status": "failed", "result_path": str(table)})
+    record.append_row(table, {**SAME, "config_hash": "h", "status": "ok", "result_path": str(tmp_path / "gone.json")})
+    assert record.reusable(table, "h", "hw", "v1") is None
+
+
+def test_reusable_needs_the_same_hardware_and_unless_told_otherwise_the_same_code(tmp_path):
+    table = tmp_path / record.TABLE_NAME
+    record.append_row(table, {**SAME, "config_hash": "h", "status": "ok", "result_path": str(table)})
+    assert record.reusable(table, "h", "other-hw", "v1") is None
+    assert record.reusable(table, "h", "hw", "v2") is None
+    assert record.reusable(table, "h", "hw", None)["code_version"] == "v1"  # reuse=any
+
+
+def test_replace_row_keeps_one_row_per_job_in_job_order(tmp_path):
+    table = tmp_path / record.TABLE_NAME
+    for job, value in ((0, "a"), (1, "b"), (0, "c")):
+        record.replace_row(table, {"job_num": job, "value": value})
+    assert [(r["job_num"], r["value"]) for r in record.read_rows(table)] == [(0, "c"), (1, "b")]
 
 
 def test_pandas_reads_the_table_in_one_line(tmp_path):
