@@ -10,7 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness.config import register
+from harness.config import check_overrides, register
+from harness.trackers.secrets import refuse_secret_overrides
 
 register()
 
@@ -45,6 +46,14 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    # Before Hydra starts: it writes every override to .hydra/*.yaml before the task runs, and `+key=`
+    # would add a misspelt key that the typed config then drops.
+    try:
+        refuse_secret_overrides(sys.argv[1:])
+        check_overrides(sys.argv[1:])
+    except ValueError as exc:
+        print(f"[infermatrix] {exc}", file=sys.stderr)
+        sys.exit(2)
     app()
 
 
