@@ -69,13 +69,14 @@ class EngineConfig(EngineOptions):
         for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"engine.{key} must be >= 1, got {getattr(self, key)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"engine.batch_size must be >= 1 or null, got {self.batch_size}")
+        for key in ("batch_size", "max_model_len"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"engine.{key} must be >= 1 or null, got {getattr(self, key)}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"engine.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
     def options(self) -> EngineOptions:
-        return EngineOptions(**{k: getattr(self, k) for k in EngineOptions.__dataclass_known_})
+        return EngineOptions(**{k: getattr(self, k) for k in EngineOptions.__dataclass_fields__})
 
 
 @dataclass
