@@ -108,3 +108,11 @@ def test_command_line_overrides_are_checked_before_hydra_starts():
                      "hydra.sweep.dir=/tmp/x", "eval=mmlu", "eval.mmlu.limit=3"])  # fmt: skip
     with pytest.raises(ConfigError, match="did you mean 'repeats'"):
         check_overrides(["+scenario.repeat=3"])
+
+
+def test_max_model_len_is_an_engine_option_that_defaults_to_the_models_context():
+    config = load(compose_config("engine=own", "engine.max_model_len=4096"))
+    assert config.engine.options().max_model_len == 4096
+    assert load(compose_config("engine=hf")).engine.options().max_model_len is None
+    with pytest.raises(ConfigError, match="engine.max_model_len must be >= 1 or null"):
+        load(compose_config("engine.max_model_len=0"))
