@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.trackers.secrets import REDACTED, credential_env_var, refuse_secret_overrides, scrub_config
+from harness.trackers.secrets import REDACTED, credential_env_var, is_secret_key, refuse_secret_overrides, scrub_config
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,12 @@ def test_scrub_config_redacts_secret_keys_and_their_values_elsewhere():
     assert scrubbed["model"] == {"architecture": {"hf_token": REDACTED}, "hub_id": "org/m"}
     assert scrubbed["tracker"]["tags"] == [f"from {REDACTED}"]
     assert resolved["model"]["architecture"]["hf_token"] == "hf-SECRET123"  # a copy: the hash input is unchanged
+
+
+def test_token_ids_are_not_credentials():
+    plain = ["eos_token_id", "model.architecture.bos_token_id", "stop_token_ids", "token_type_ids", "pad_token_id"]
+    secret = ["hf_token", "access_token", "HF_TOKEN", "token", "auth_token_value"]
+    assert [k for k in plain + secret if is_secret_key(k)] == secret
+    refuse_secret_overrides(["+model.architecture.eos_token_id=[2,3]"])
+    architecture = {"model": {"architecture": {"eos_token_id": 2}}}
+    assert scrub_config(architecture) == architecture

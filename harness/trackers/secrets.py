@@ -1,7 +1,8 @@
 """Keep credentials out of what gets tracked: configs, summaries, artifacts and logged argv.
 
 A key is secret when one of its words is a credential word ("hf_token", "WANDB_API_KEY",
-"db_password"); "max_num_batched_tokens" or "tokenizer" are not, since whole words are compared.
+"db_password"); "max_num_batched_tokens" or "tokenizer" are not, since whole words are compared, nor
+token ids ("eos_token_id", "stop_token_ids").
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ REDACTED = "<redacted>"
 _SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "apikey", "credential", "credentials"})
 _WORD = re.compile(r"[a-z0-9]+")
 _ARG_KEY = re.compile(r"^[+~]*-*(?P<key>[\w.\-/]+)=(?P<value>.*)$", re.DOTALL)
+_TOKEN_INDEX_WORDS = frozenset({"id", "ids", "type"})  # "eos_token_id", "stop_token_ids": vocabulary indices
 _MIN_SECRET_LEN = 4  # shorter values would redact ordinary text if matched by value
 
 
@@ -25,7 +27,8 @@ def _words(key: str) -> list[str]:
 def is_secret_key(key: str) -> bool:
     """True for keys naming a credential, compared word by word (snake, dotted, kebab or camel case)."""
     words = _words(key)
-    if any(word in _SECRET_WORDS for word in words):
+    following = words[1:] + [""]
+    if any(w in _SECRET_WORDS and not (w == "token" and nxt in _TOKEN_INDEX_WORDS) for w, nxt in zip(words, following)):
         return True
     return any(a == "api" and b == "key" for a, b in zip(words, words[1:]))
 
