@@ -41,9 +41,10 @@ def test_scrub_config_redacts_secret_keys_and_their_values_elsewhere():
     assert resolved["model"]["architecture"]["hf_token"] == "hf-SECRET123"  # a copy: the hash input is unchanged
 
 
-def test_token_ids_are_not_credentials():
-    plain = ["eos_token_id", "model.architecture.bos_token_id", "stop_token_ids", "token_type_ids", "pad_token_id"]
-    secret = ["hf_token", "access_token", "HF_TOKEN", "token", "auth_token_value"]
+def test_vocabulary_tokens_are_not_credentials():
+    plain = ["eos_token_id", "model.architecture.bos_token_id", "stop_token_ids", "token_type_ids", "pad_token_id",
+             "kv_bytes_per_token", "last_token", "eos_token", "token_times", "real_token_steps"]
+    secret = ["hf_token", "access_token", "HF_TOKEN", "token", "model.hub-token", "githubToken"]
     assert [k for k in plain + secret if is_secret_key(k)] == secret
     refuse_secret_overrides(["+model.architecture.eos_token_id=[2,3]"])
     architecture = {"model": {"architecture": {"eos_token_id": 2}}}

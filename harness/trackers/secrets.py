@@ -2,7 +2,7 @@
 
 A key is secret when one of its words is a credential word ("hf_token", "WANDB_API_KEY",
 "db_password"); "max_num_batched_tokens" or "tokenizer" are not, since whole words are compared, nor
-token ids ("eos_token_id", "stop_token_ids").
+vocabulary tokens ("eos_token_id", "stop_token_ids", "kv_bytes_per_token").
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from collections.abc import Iterable
 from typing import Any
 
 REDACTED = "<redacted>"
-_SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "apikey", "credential", "credentials"})
+_SECRET_WORDS = frozenset({"secret", "password", "passwd", "apikey", "credential", "credentials"})
+# "token" names a credential as a key's last word ("hf_token", "WANDB_TOKEN"), unless it is a vocabulary token:
+# "eos_token", "kv_bytes_per_token"; before another word it never does ("token_ids", "token_times").
+_TOKEN_QUALIFIERS = frozenset({"per", "first", "last", "next", "eos", "bos", "pad", "unk", "special"})
 _WORD = re.compile(r"[a-z0-9]+")
 _ARG_KEY = re.compile(r"^[+~]*-*(?P<key>[\w.\-/]+)=(?P<value>.*)$", re.DOTALL)
-_TOKEN_INDEX_WORDS = frozenset({"id", "ids", "type"})  # "eos_token_id", "stop_token_ids": vocabulary indices
 _MIN_SECRET_LEN = 4  # shorter values would redact ordinary text if matched by value
 
 
@@ -27,8 +29,9 @@ def _words(key: str) -> list[str]:
 def is_secret_key(key: str) -> bool:
     """True for keys naming a credential, compared word by word (snake, dotted, kebab or camel case)."""
     words = _words(key)
-    following = words[1:] + [""]
-    if any(w in _SECRET_WORDS and not (w == "token" and nxt in _TOKEN_INDEX_WORDS) for w, nxt in zip(words, following)):
+    if any(word in _SECRET_WORDS for word in words):
+        return True
+    if words[-1:] == ["token"] and not (len(words) > 1 and words[-2] in _TOKEN_QUALIFIERS):
         return True
     return any(a == "api" and b == "key" for a, b in zip(words, words[1:]))
 
