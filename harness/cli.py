@@ -10,8 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness.config import check_overrides, register
-from harness.trackers.secrets import refuse_secret_overrides
+from harness.config import register
 
 register()
 
@@ -46,6 +45,9 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from harness.config import check_overrides
+    from harness.trackers.secrets import refuse_secret_overrides
+
     # Before Hydra starts: it writes every override to .hydra/*.yaml before the task runs, and `+key=`
     # would add a misspelt key that the typed config then drops.
     try:
