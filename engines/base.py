@@ -78,6 +78,9 @@ class EngineOptions:
     kv_cache_bytes: int | None = None  # CPU: KV pool size; None = derive from memory
     gpu_memory_utilization: float = 0.9  # CUDA: fraction of free memory for weights + KV
     batch_size: int | None = None  # static batching: requests per batch (None = all)
+    # longest sequence, prompt + output (vLLM's --max-model-len); None = the model's context. Contiguous KV
+    # regions, CUDA-graph block tables and the default KV budget are sized from it.
+    max_model_len: int | None = None
     fault: Fault = Fault.none  # engine=fault only
     fault_at: FaultAt = FaultAt.generate  # engine=fault only
 

@@ -8,7 +8,7 @@ What HF cannot do per request inside one batch, and how this engine copes:
 - max_tokens / stop tokens / EOS: HF is told about none of them (so ignore_eos cannot change
   which tokens come out); a stopping criterion applies them per row, time-stamps every step
   and ends the batch once every row is finished. A stop or EOS token is kept as the request's
-  last token (finish_reason "stop"); a request also ends at the model's context length.
+  last token (finish_reason "stop"); a request also ends at max_model_len (default: the model's context).
 """
 
 from __future__ import annotations
@@ -58,6 +58,14 @@ def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
     return lm.to(device).eval()
 
 
+def max_model_len(requested: int | None, context: int | None) -> int | None:
+    """The longest sequence to serve: `requested`, or the model's context when None; beyond the context is an
+    error, as in vLLM (those positions were never trained)."""
+    if requested is not None and context is not None and requested > context:
+        raise ValueError(f"max_model_len={requested} exceeds the model's context (max_position_embeddings={context})")
+    return requested or context
+
+
 def cache_bytes(cache: Any) -> int:
     """Bytes held by the key/value tensors of an HF cache object (0 when there is none)."""
     total = 0
@@ -105,7 +113,8 @@ class HFEngine(Engine):
         # A neutral generation config: HF must not stop at EOS or apply a checkpoint's sampling defaults.
         self.model.generation_config = GenerationConfig(pad_token_id=self.pad_id)
         self.vocab_size: int = self.model.get_input_embeddings().num_embeddings
-        self.context_len: int | None = getattr(config, "max_position_embeddings", None)
+        context = getattr(config, "max_position_embeddings", None)
+        self.context_len: int | None = max_model_len(options.max_model_len, context)
         self.kv_bytes_peak = 0
 
     @property
@@ -224,6 +233,7 @@ class HFEngine(Engine):
             "dtype": self.spec.dtype,
             "param_bytes": params,
             "random_weights": self.spec.is_random,
+            "max_model_len": self.context_len,
         }
         if self.technique.kv_cache == KVCache.contiguous:
             out["kv_bytes_allocated"] = self.kv_bytes_peak  # largest batch cache seen so far

@@ -46,7 +46,17 @@ def app(cfg: DictConfig) -> None:
 
 def main() -> None:
     from harness.callbacks import FAILED_CELLS
+    from harness.config import check_overrides
+    from harness.trackers.secrets import refuse_secret_overrides
 
+    # Before Hydra starts: it writes every override to .hydra/*.yaml before the task runs, and `+key=`
+    # would add a misspelt key that the typed config then drops.
+    try:
+        refuse_secret_overrides(sys.argv[1:])
+        check_overrides(sys.argv[1:])
+    except ValueError as exc:
+        print(f"[infermatrix] {exc}", file=sys.stderr)
+        sys.exit(2)
     app()
     if FAILED_CELLS:  # every cell ran and was recorded; the status says not all of them succeeded
         print(f"[infermatrix] {len(FAILED_CELLS)} cell(s) failed: {', '.join(FAILED_CELLS)}", file=sys.stderr)

@@ -7,7 +7,11 @@ into objects by `load()`.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import enum
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +80,9 @@ class EngineConfig(EngineOptions):
         for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"engine.{key} must be >= 1, got {getattr(self, key)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"engine.batch_size must be >= 1 or null, got {self.batch_size}")
+        for key in ("batch_size", "max_model_len"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"engine.{key} must be >= 1 or null, got {getattr(self, key)}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"engine.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
@@ -186,8 +191,62 @@ def register() -> None:
     cs.store(name="schema", node=Config)
 
 
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> type of a config dataclass, with `X | None` unwrapped to X."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+        out[f.name] = args[0] if len(args) == 1 else hints[f.name]
+    return out
+
+
+def _unknown_key(path: str, key: str, valid: typing.Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(
+        f"unknown config key '{path + '.' if path else ''}{key}'{hint}; "
+        f"valid keys of {path or 'the top level'}: {', '.join(sorted(valid))}"
+    )
+
+
+def check_key(dotted: str) -> None:
+    """Raise ConfigError if a dotted key is not in the schema. Keys under free-form fields
+    (a dict such as model.architecture, or a scalar, which Hydra checks itself) are not ours to judge."""
+    cls: Any = Config
+    path = ""
+    for key in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return
+        known = _field_types(cls)
+        if key not in known:
+            raise _unknown_key(path, key, known)
+        cls, path = known[key], f"{path}.{key}" if path else key
+
+
+def check_keys(value: Any, cls: type = Config, path: str = "") -> None:
+    """Raise ConfigError for any key of a plain config tree that its dataclass does not declare."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(value, dict)):
+        return
+    known = _field_types(cls)
+    for key, child in value.items():
+        if key not in known:
+            raise _unknown_key(path, str(key), known)
+        check_keys(child, known[key], f"{path}.{key}" if path else str(key))
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Check the keys of command-line overrides (`key=`, `+key=`, `++key=`) against the schema before
+    Hydra starts: Hydra's `+` adds any key to a typed node, and OmegaConf.to_object then drops it."""
+    for arg in argv:
+        match = re.match(r"^\+{0,2}(?P<key>[\w.]+)=", arg)
+        if match and match["key"].split(".")[0] != "hydra":
+            check_key(match["key"])
+
+
 def load(cfg: DictConfig) -> Config:
     """Turn a composed config into validated objects (runs every __post_init__)."""
+    check_keys(OmegaConf.to_container(cfg, resolve=False))  # `+key=` extras would be dropped silently
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except ConfigError:

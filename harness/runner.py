@@ -30,6 +30,7 @@ from harness.isolation import CellCrashed, EngineError, EngineProcess
 from harness.metrics import pooled_metrics, repeat_cis, request_timing, run_metrics
 from harness.models import model_spec
 from harness.scenario import measure
+from harness.trackers.secrets import redact_text, scrub_config, secret_values
 
 
 def cell_name(config: dict) -> str:
@@ -121,14 +122,14 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
     store = Path(cfg.store)
     result: dict[str, Any] = {
         "schema": record.SCHEMA, "status": "failed", "reason": None, "cell": cell_name(resolved),
-        "sweep_id": sweep_id, "job_num": job_num, "config": resolved, "config_hash": chash,
+        "sweep_id": sweep_id, "job_num": job_num, "config": scrub_config(resolved), "config_hash": chash,
         "code_version": code_version(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }  # fmt: skip
     try:
         config = load(cfg)
         device = resolve_device(config.device.value)
     except (ConfigError, ValueError) as exc:
-        result.update(reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        fail(result, resolved, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         return finish(cfg, result, out_dir, sweep_dir, store)
     result["hardware"] = hardware_fingerprint(device)
     result["hardware_id"] = record.hardware_id(result["hardware"])
@@ -147,12 +148,19 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
         except UnsupportedTechnique as exc:
             result.update(status="skipped", reason=str(exc))
         except CellCrashed as exc:
-            result.update(reason=f"CellCrashed: {exc}", log_tail=exc.log_tail)
+            fail(result, resolved, f"CellCrashed: {exc}", log_tail=exc.log_tail)
         except EngineError as exc:
-            result.update(reason=str(exc), traceback=exc.child_traceback)
+            fail(result, resolved, str(exc), traceback=exc.child_traceback)
         except Exception as exc:  # recorded, so the sweep goes on
-            result.update(reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            fail(result, resolved, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         return finish(cfg, result, out_dir, sweep_dir, store)
+
+
+def fail(result: dict[str, Any], resolved: dict, reason: str, **details: str) -> None:
+    """Record a failure; a secret the config held is redacted from the texts (the config itself is scrubbed)."""
+    secrets = secret_values(resolved)
+    result.update(status="failed", reason=redact_text(reason, secrets),
+                  **{k: redact_text(v, secrets) for k, v in details.items()})  # fmt: skip
 
 
 def finish(cfg: DictConfig, result: dict[str, Any], out_dir: Path, sweep_dir: Path, store: Path) -> dict[str, Any]:

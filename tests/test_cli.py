@@ -28,6 +28,29 @@ def test_unknown_engine_exits_nonzero_listing_engines(tmp_path):
     assert proc.returncode != 0 and "hf" in proc.stderr and "own" in proc.stderr
 
 
+@pytest.mark.parametrize("sweep", [(), ("-m",)])
+@pytest.mark.parametrize(
+    "override, env_var",
+    [("+tracker.api_key=sk-test-SECRET123", "WANDB_API_KEY"), ("+model.hf_token=hf-test-SECRET123", "HF_TOKEN")],
+)
+def test_a_secret_on_the_command_line_is_refused_before_anything_is_written(tmp_path, sweep, override, env_var):
+    # a valid cell that would otherwise run and write .hydra/*.yaml and result.json with the override in them
+    proc = infermatrix(tmp_path, *sweep, *TINY, override)
+    assert proc.returncode == 2
+    assert env_var in proc.stderr and override.split("=")[0].lstrip("+") in proc.stderr
+    assert "SECRET123" not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]  # run/sweep dirs, store, cwd's outputs/multirun
+    assert [p for p in written if "SECRET123" in p.read_text(errors="replace")] == []
+    assert written == []
+
+
+def test_a_misspelt_key_added_with_plus_exits_2_with_a_suggestion(tmp_path):
+    proc = infermatrix(tmp_path, *TINY, "+scenario.repeat=3")
+    assert proc.returncode == 2
+    assert "did you mean 'repeats'?" in proc.stderr and "batch_size, name, num_requests, repeats, warmup" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_kv_cache_sweep_gives_two_recorded_cells_and_a_summary(tmp_path, smollm2_dir):
     proc = infermatrix(tmp_path, "-m", "engine=hf", "technique.kv_cache=none,contiguous", *TINY)

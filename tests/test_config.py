@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
-from harness.config import Config, ConfigError, ModelConfig, ModelSource, load, register
+from harness.config import Config, ConfigError, ModelConfig, ModelSource, check_overrides, load, register
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register()
@@ -73,3 +73,46 @@ def test_range_and_cross_field_checks_raise_config_error(override, fragment):
 def test_random_source_without_architecture_is_refused():
     with pytest.raises(ConfigError, match="needs model.architecture"):
         ModelConfig(name="custom", source=ModelSource.random)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+scenario.repeat=3", "unknown config key 'scenario.repeat' (did you mean 'repeats'?)"),
+        ("+workload.input_len.maen=8", "unknown config key 'workload.input_len.maen' (did you mean 'mean'?)"),
+        ("++engine.max_num_seq=8", "did you mean 'max_num_seqs'?"),
+        ("+threadz=2", "did you mean 'threads'?"),
+        ("+eval.mmlu.limt=2", "did you mean 'limit'?"),
+    ],
+)
+def test_a_key_added_with_plus_that_the_schema_lacks_is_an_error(override, message):
+    cfg = compose_config("eval=mmlu", override)  # Hydra's `+` adds any key to a typed node
+    with pytest.raises(ConfigError) as err:
+        load(cfg)
+    assert message in str(err.value)
+
+
+def test_unknown_key_error_lists_the_valid_keys():
+    with pytest.raises(ConfigError, match="valid keys of scenario: batch_size, name, num_requests, repeats, warmup"):
+        load(compose_config("+scenario.repeat=3"))
+
+
+def test_free_form_dict_fields_take_any_key():
+    config = load(compose_config("+model.architecture.rope_scaling.factor=8.0", "+eval.baseline.where.device=cpu"))
+    assert config.model.architecture["rope_scaling"] == {"factor": 8.0}
+    assert config.eval.baseline.where == {"engine": "hf", "device": "cpu"}
+
+
+def test_command_line_overrides_are_checked_before_hydra_starts():
+    check_overrides(["-m", "engine=own", "scenario.repeats=2", "+model.architecture.x=1", "hydra/launcher=slurm",
+                     "hydra.sweep.dir=/tmp/x", "eval=mmlu", "eval.mmlu.limit=3"])  # fmt: skip
+    with pytest.raises(ConfigError, match="did you mean 'repeats'"):
+        check_overrides(["+scenario.repeat=3"])
+
+
+def test_max_model_len_is_an_engine_option_that_defaults_to_the_models_context():
+    config = load(compose_config("engine=own", "engine.max_model_len=4096"))
+    assert config.engine.options().max_model_len == 4096
+    assert load(compose_config("engine=hf")).engine.options().max_model_len is None
+    with pytest.raises(ConfigError, match="engine.max_model_len must be >= 1 or null"):
+        load(compose_config("engine.max_model_len=0"))

@@ -35,7 +35,7 @@ from engines.own.kv_pool import (
 from engines.own.llm_engine import CoreConfig, LLMEngine
 from engines.dtypes import torch_dtype
 from engines.memory import release_memory
-from engines.own.loader import load_model
+from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.scheduler import SchedulerConfig
 from engines.own.scoring import score_sequences
@@ -84,14 +84,14 @@ class OwnEngine(Engine):
         self.options = options
         self.spec = model
         check_device_support(technique, self.device)
-        self.model, hf_config = load_model(model, self.device)
+        self.model, hf_config = load_model(model, self.device, options.max_model_len)
         config = self.model.config
         try:
             attention = make_attention(technique.attention.value, self.device)
         except ValueError as exc:
             raise UnsupportedTechnique(f"engine 'own': attention={technique.attention.value}: {exc}") from exc
         dtype = torch_dtype(model.dtype)
-        self.max_model_len = config.max_position
+        self.max_model_len = checked_max_model_len(options.max_model_len, config.max_position)
         self.kv_bytes_per_token = kv_bytes_per_token(config, dtype)
         budget = options.kv_cache_bytes or default_kv_budget(
             config, dtype, self.device, options.max_num_seqs * self.max_model_len, options.gpu_memory_utilization

@@ -81,8 +81,20 @@ def _random_state(model: CausalLM, config_dict: dict, seed: int) -> dict[str, to
     return state
 
 
+def checked_max_model_len(requested: int | None, context: int) -> int:
+    """The longest sequence to serve: `requested`, or the model's context when None. Beyond the context
+    the positions were never trained (and RoPE scaling does not extend them), so that is an error, as in vLLM."""
+    if requested is None:
+        return context
+    if not 1 <= requested <= context:
+        raise ValueError(f"max_model_len={requested} must be in [1, {context}], the model's context "
+                         f"(max_position_embeddings, or the sliding window)")  # fmt: skip
+    return requested
+
+
 def load_model(spec: ModelSpec, device: torch.device, max_position: int | None = None) -> tuple[CausalLM, dict]:
-    """The model on `device` in `spec.dtype`, in eval mode without grads, and its HF config dict."""
+    """The model on `device` in `spec.dtype`, in eval mode without grads, and its HF config dict. The rope
+    tables cover `max_position` positions (default: the model's context), which bounds every sequence."""
     dtype = torch_dtype(spec.dtype)
     if spec.is_random:
         hf_config = dict(spec.random_config)
@@ -92,7 +104,7 @@ def load_model(spec: ModelSpec, device: torch.device, max_position: int | None =
         folder = resolve_folder(spec.path)
         hf_config = read_hf_config(folder)
     config = model_config_from_hf(hf_config)
-    positions = max_position or config.max_position
+    positions = checked_max_model_len(max_position, config.max_position)
     with torch.device("meta"):
         model = CausalLM(config, 1)
     if spec.is_random:
