@@ -54,7 +54,8 @@ class EngineLM(LM):
         self.engine = engine
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         self.batch_size = int(batch_size)
-        self.max_length = int(max_length or model_max_length(tokenizer_dir))
+        # the engine's max_model_len, when set below the model's context, bounds the windows too
+        self.max_length = int(max_length or engine.stats().get("max_model_len") or model_max_length(tokenizer_dir))
         self.max_gen_toks = int(max_gen_toks)
         self.add_bos_token = add_bos_token
         eos = engine.eos_token_id if engine.eos_token_id is not None else self.tokenizer.eos_token_id

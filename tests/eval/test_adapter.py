@@ -30,6 +30,9 @@ class RecordingEngine:
             progress(len(requests))
         return [RequestOutput(r.request_id, len(r.prompt_token_ids), self.generated, [], 0.0, "length") for r in requests]
 
+    def stats(self):
+        return {}  # no max_model_len: the window is the model's context
+
 
 def request(*args):
     return SimpleNamespace(args=args)
