@@ -70,8 +70,8 @@ def make_result(num_requests: int = 24, seed: int = 0) -> dict:
                     "request_throughput": rng.uniform(0.5, 1.0), "peak_memory_bytes": 1_234_567_890,
                     "duration_s": rng.uniform(20, 30), "num_requests": num_requests,
                     "total_output_tokens": 16 * num_requests},
-        "ci95": {"output_throughput_tok_s": [rng.uniform(9, 10), rng.uniform(20, 21)],
-                 "ttft_ms.mean": [rng.uniform(40, 50), rng.uniform(90, 99)]},
+        "ci95": {"output_throughput_tok_s": interval(rng.uniform(9, 10), rng.uniform(20, 21)),
+                 "ttft_ms.mean": interval(rng.uniform(40, 50), rng.uniform(90, 99))},
         "engine_stats": {"forward_calls": 400},
         "accuracy": {"tasks": {"gsm8k": {"metrics": {"exact_match,strict-match": {"value": rng.random(),
                                                                                   "stderr": 0.01}}}},
@@ -79,6 +79,13 @@ def make_result(num_requests: int = 24, seed: int = 0) -> dict:
         "requests": requests,
         "started_at": "2026-11-22T03:00:00+00:00", "finished_at": "2026-11-22T03:00:30+00:00",
     }
+
+
+def interval(low: float | None, high: float | None, n: int = 3) -> dict:
+    """An interval block as harness.metrics.student_t_interval writes it (null bounds with one repeat)."""
+    mean = None if low is None else (low + high) / 2
+    return {"n": n, "method": "student-t", "mean": mean, "low": low, "high": high, "std": None if low is None else 1.0,
+            "cv": None if low is None else 1.0 / mean, "warning": None if low is None else "noisy"}
 
 
 def write_result(result: dict, out_dir: Path) -> Path:
@@ -117,8 +124,9 @@ def test_offline_run_reads_back_with_the_results_config_summary_table_and_artifa
     summary = logged["summary"]
     for key, value in flatten(result["metrics"]).items():
         assert summary[key] == value, key
-    assert summary["ci95.output_throughput_tok_s.lo"] == result["ci95"]["output_throughput_tok_s"][0]
-    assert summary["ci95.ttft_ms.mean.hi"] == result["ci95"]["ttft_ms.mean"][1]
+    for key, value in flatten(result["ci95"], "ci95.").items():
+        assert summary[key] == value, key
+    assert summary["ci95.ttft_ms.mean.high"] == result["ci95"]["ttft_ms.mean"]["high"]
     accuracy = result["accuracy"]["tasks"]["gsm8k"]["metrics"]["exact_match,strict-match"]["value"]
     assert summary["accuracy.tasks.gsm8k.metrics.exact_match,strict-match.value"] == accuracy
     assert (summary["status"], summary["reason"], summary["config_hash"]) == ("ok", None, "c0ffee12")
@@ -163,6 +171,19 @@ def test_secrets_are_absent_from_everything_wandb_writes(tmp_path, monkeypatch):
     [artifact] = [a for a in logged["artifacts"] if a["type"] == "result"]
     staged = json.loads(Path(artifact["files"][0]["local_path"]).read_text())
     assert staged["config"]["tracker"]["api_key"] == REDACTED
+
+
+def test_a_single_repeat_cell_logs_with_no_interval(tmp_path):
+    result = make_result(num_requests=2)
+    result["ci95"] = {"output_throughput_tok_s": interval(None, None, n=1), "ttft_ms.mean": None}  # None: older results
+    out_dir = tmp_path / "cell"
+
+    info = track_result(offline_cfg(), result, write_result(result, out_dir), out_dir)
+
+    assert "error" not in info and info["mode"] == "offline", info
+    summary = read_run(info["run_dir"])["summary"]
+    assert summary["ci95.output_throughput_tok_s.n"] == 1
+    assert summary["ci95.output_throughput_tok_s.low"] is None and summary["ci95.ttft_ms.mean"] is None
 
 
 def test_tracker_none_logs_nothing(tmp_path):

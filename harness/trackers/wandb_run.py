@@ -21,15 +21,15 @@ _ARTIFACT_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def run_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """Summary values: status, metrics, CI bounds (`ci95.<metric>.lo/.hi`), accuracy and engine stats."""
+    """Summary values: status, metrics, intervals (`ci95.<metric>.low/.high/.n/.cv/...`), accuracy and
+    engine stats. An interval is a dict, or null bounds with one repeat: flattened, never unpacked."""
     summary: dict[str, Any] = {
         "status": result["status"],
         "reason": result.get("reason"),
         "config_hash": result.get("config_hash"),
     }
     summary.update(flatten(result.get("metrics") or {}))
-    for metric, (low, high) in (result.get("ci95") or {}).items():
-        summary[f"ci95.{metric}.lo"], summary[f"ci95.{metric}.hi"] = low, high
+    summary.update(flatten(result.get("ci95") or {}, "ci95."))
     summary.update(flatten(result.get("accuracy") or {}, "accuracy."))
     summary.update(flatten(result.get("engine_stats") or {}, "engine_stats."))
     return summary
