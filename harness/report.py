@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from harness.metrics import HEADLINE, NOISY_CV, WIDE_BELOW_N
-from harness.record import TABLE_NAME, read_rows
+from harness.record import TABLE_NAME, flatten, read_rows
 
 THROUGHPUT = "output_throughput_tok_s"
 E2E_MEAN = "e2el_ms.mean"
@@ -28,14 +28,19 @@ SHORT_NAMES = {"output_throughput_tok_s": "out tok/s", "ttft_ms.mean": "TTFT", "
 
 
 def load_results(path_or_dir: str | Path) -> pd.DataFrame:
-    """The rows of a results.jsonl (or of the one inside a folder), in the order they were written;
-    a nested value (an interval block `ci95.<figure>`) becomes dotted columns (`ci95.<figure>.low`)."""
+    """The rows of a results.jsonl (or of the one inside a folder), in the order they were written."""
     path = Path(path_or_dir)
     if path.is_dir():
         path = path / TABLE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no results table at {path}")
-    return pd.json_normalize(list(read_rows(path)))
+    return pd.DataFrame(list(read_rows(path)))
+
+
+def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The table's rows with nested values flattened: an interval block `ci95.<figure>` = {low, high,
+    ...} becomes `ci95.<figure>.low`, ..., whether or not the row was flattened when written."""
+    return [flatten(row) for row in df.to_dict("records")]
 
 
 def _number(row: dict[str, Any], column: str) -> float | None:
@@ -129,7 +134,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
     skipped cells show their reason, ok cells warnings about their intervals."""
     if df.empty:
         return "(no cells)"
-    rows = df.to_dict("records")
+    rows = _rows(df)
     base_at = pick_baseline(rows, baseline) if len(rows) > 1 else None  # one cell: nothing to compare
     base = None if base_at is None else rows[base_at]
     columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
@@ -175,7 +180,7 @@ def plot(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         print("infermatrix-report: matplotlib is not installed, so no plots (pip install 'infermatrix[plots]')",
               file=sys.stderr)  # fmt: skip
         return []
-    rows = [row for row in df.to_dict("records") if row.get("status") == "ok"] if not df.empty else []
+    rows = [row for row in _rows(df) if row.get("status") == "ok"] if not df.empty else []
     if not rows:
         return []
     out_dir = Path(out_dir)
