@@ -38,7 +38,8 @@ def coverage(ns: tuple[int, ...] = NS, trials: int = 4000, seed: int = 0) -> dic
     out = {}
     for n in ns:
         samples = rng.normal(TRUE_MEAN, TRUE_STD, size=(trials, n))
-        boot = np.concatenate([bootstrap_intervals(chunk, rng) for chunk in np.array_split(samples, max(1, trials // 250))])
+        chunks = np.array_split(samples, max(1, trials // 250))  # bounds the [trials, resamples, n] array
+        boot = np.concatenate([bootstrap_intervals(chunk, rng) for chunk in chunks])
         t_blocks = [student_t_interval(row) for row in samples]
         t_low = np.array([b["low"] for b in t_blocks])
         t_high = np.array([b["high"] for b in t_blocks])

@@ -81,8 +81,9 @@ def measure(
     with MemoryMonitor(device) as memory:
         while len(runs) < scenario.repeats or measured_s < scenario.min_duration_s:
             r = len(runs)
-            label = (f"measure {r + 1}/{scenario.repeats}" if r < scenario.repeats
-                     else f"measure {r + 1} ({measured_s:.1f} of min_duration_s={scenario.min_duration_s:g})")  # fmt: skip
+            label = f"measure {r + 1}/{scenario.repeats}"
+            if r >= scenario.repeats:
+                label = f"measure {r + 1} ({measured_s:.1f} s of min_duration_s={scenario.min_duration_s:g})"
             workload, outputs = run(r, label)
             runs.append(outputs)
             workloads.append(workload)

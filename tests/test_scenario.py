@@ -14,7 +14,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 register()
 # A llama with a 64-token context and random weights: 60 input tokens leave room for 4 of 10 asked.
 TINY_CONTEXT_64 = ("{model_type:llama,vocab_size:256,hidden_size:64,intermediate_size:128,num_hidden_layers:2,"
-                   "num_attention_heads:4,num_key_value_heads:2,max_position_embeddings:64,eos_token_id:2,bos_token_id:1}")
+                   "num_attention_heads:4,num_key_value_heads:2,max_position_embeddings:64,"
+                   "eos_token_id:2,bos_token_id:1}")
 SIXTY_IN_TEN_OUT = ["workload.input_len.mean=60", "workload.output_len.mean=10"]
 
 
