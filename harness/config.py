@@ -145,7 +145,8 @@ class ScenarioConfig:
     batch_size: int = 1  # latency: requests in the measured batch
     num_requests: int = 32  # throughput: requests submitted at once per repeat
     warmup: int = 1  # runs before measuring, not recorded
-    repeats: int = 5  # measured runs; >= 2 gives a bootstrap 95% CI
+    repeats: int = 5  # measured runs at least; >= 2 gives a Student-t 95% CI (>= 3 for a usable width)
+    min_duration_s: float = 0.0  # and repeat until the measured runs add up to this (MLPerf's minimum duration)
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "num_requests", "repeats"):
@@ -153,6 +154,8 @@ class ScenarioConfig:
                 raise ConfigError(f"scenario.{key} must be >= 1, got {getattr(self, key)}")
         if self.warmup < 0:
             raise ConfigError(f"scenario.warmup must be >= 0, got {self.warmup}")
+        if self.min_duration_s < 0:
+            raise ConfigError(f"scenario.min_duration_s must be >= 0, got {self.min_duration_s}")
 
     @property
     def requests_per_repeat(self) -> int:

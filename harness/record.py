@@ -92,7 +92,7 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
     }
     row.update(flatten(result.get("technique_applied") or config.get("technique", {}), "technique."))
     row.update(flatten(result.get("metrics", {})))
-    row.update({f"ci95.{k}": v for k, v in (result.get("ci95") or {}).items()})
+    row.update(flatten(result.get("ci95") or {}, "ci95."))
     row.update(accuracy_columns(result.get("accuracy") or {}))
     row.update(flatten(result.get("tracker", {}), "tracker."))
     return _clean(row)

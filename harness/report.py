@@ -15,13 +15,16 @@ from typing import Any
 
 import pandas as pd
 
-from harness.record import TABLE_NAME, read_rows
+from harness.metrics import HEADLINE, NOISY_CV, WIDE_BELOW_N
+from harness.record import TABLE_NAME, flatten, read_rows
 
 THROUGHPUT = "output_throughput_tok_s"
 E2E_MEAN = "e2el_ms.mean"
 # (header, results-table column) of the latency columns, in the order a request lives them.
 LATENCIES = (("TTFT p50 ms", "ttft_ms.p50"), ("TPOT mean ms", "tpot_ms.mean"),
              ("ITL p50 ms", "itl_ms.p50"), ("E2E p50 ms", "e2el_ms.p50"))  # fmt: skip
+SHORT_NAMES = {"output_throughput_tok_s": "out tok/s", "ttft_ms.mean": "TTFT", "tpot_ms.mean": "TPOT",
+               "e2el_ms.mean": "E2E"}  # fmt: skip
 
 
 def load_results(path_or_dir: str | Path) -> pd.DataFrame:
@@ -34,6 +37,12 @@ def load_results(path_or_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(list(read_rows(path)))
 
 
+def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The table's rows with nested values flattened: an interval block `ci95.<figure>` = {low, high,
+    ...} becomes `ci95.<figure>.low`, ..., whether or not the row was flattened when written."""
+    return [flatten(row) for row in df.to_dict("records")]
+
+
 def _number(row: dict[str, Any], column: str) -> float | None:
     value = row.get(column)
     if value is None or isinstance(value, (list, str)):
@@ -43,12 +52,36 @@ def _number(row: dict[str, Any], column: str) -> float | None:
 
 
 def _interval(row: dict[str, Any], metric: str) -> tuple[float, float] | None:
-    """A metric's 95% CI: a [lo, hi] column as record.py writes it, or `.lo`/`.hi` columns."""
+    """A metric's 95% CI: `ci95.<metric>.low`/`.high` columns, or the [lo, hi] pair of older tables."""
     pair = row.get(f"ci95.{metric}")
     if isinstance(pair, (list, tuple)) and len(pair) == 2 and None not in pair:
         return float(pair[0]), float(pair[1])
-    low, high = _number(row, f"ci95.{metric}.lo"), _number(row, f"ci95.{metric}.hi")
+    low, high = _number(row, f"ci95.{metric}.low"), _number(row, f"ci95.{metric}.high")
     return (low, high) if low is not None and high is not None else None
+
+
+def _max_cv(row: dict[str, Any]) -> float | None:
+    """The largest coefficient of variation over repeats among the headline figures."""
+    cvs = [cv for key in HEADLINE if (cv := _number(row, f"ci95.{key}.cv")) is not None]
+    return max(cvs) if cvs else None
+
+
+def _cv_text(row: dict[str, Any]) -> str:
+    cv = _max_cv(row)
+    return "-" if cv is None else f"{cv:.1%}" + ("!" if cv > NOISY_CV else "")
+
+
+def stability_notes(row: dict[str, Any]) -> list[str]:
+    """Warnings about an ok cell's intervals: too few repeats, or repeats spread more than NOISY_CV."""
+    notes = []
+    n = _number(row, f"ci95.{HEADLINE[0]}.n")
+    if n is not None and n < WIDE_BELOW_N:
+        notes.append("1 repeat: no CI" if n < 2 else f"wide CI: {n:.0f} repeats")
+    noisy = [f"{SHORT_NAMES[key]} {cv:.1%}" for key in HEADLINE
+             if (cv := _number(row, f"ci95.{key}.cv")) is not None and cv > NOISY_CV]  # fmt: skip
+    if noisy:
+        notes.append(f"noisy, CV > {NOISY_CV:.0%}: " + ", ".join(noisy))
+    return notes
 
 
 def pick_baseline(rows: list[dict[str, Any]], baseline: str | None = None) -> int | None:
@@ -92,15 +125,16 @@ def _note(row: dict[str, Any], is_baseline: bool) -> str:
     notes = ["baseline"] if is_baseline else []
     if row.get("reused") is True:
         notes.append("reused earlier result")
-    return ", ".join(notes)
+    return "; ".join(notes + stability_notes(row))
 
 
 def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
-    """One fixed-width line per cell: status, latencies, output tok/s with its 95% CI, peak memory,
-    and speedups against the baseline cell; failed and skipped cells show their reason."""
+    """One fixed-width line per cell: status, latencies, output tok/s with its 95% CI, the largest CV
+    over repeats ('!' above 5%), peak memory, and speedups against the baseline cell; failed and
+    skipped cells show their reason, ok cells warnings about their intervals."""
     if df.empty:
         return "(no cells)"
-    rows = df.to_dict("records")
+    rows = _rows(df)
     base_at = pick_baseline(rows, baseline) if len(rows) > 1 else None  # one cell: nothing to compare
     base = None if base_at is None else rows[base_at]
     columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
@@ -108,6 +142,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
         ("status", lambda r: str(r.get("status"))),
         *[(header, lambda r, c=column: _fmt(_number(r, c))) for header, column in LATENCIES],
         ("out tok/s [95% CI]", _throughput_text),
+        ("CV", _cv_text),
         ("peak MB", lambda r: _fmt(None if (b := _number(r, "peak_memory_bytes")) is None else b / 1e6)),
         *(
             [("tok/s x", lambda r: _fmt(speedups(r, base)[0], ".2f", "x")),
@@ -130,6 +165,9 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
                    "E2E x = baseline's mean E2E latency / this cell's (> 1 is faster)")  # fmt: skip
     elif len(rows) > 1:
         out.append("no ok cell: no speedups")
+    if any((cv := _max_cv(row)) is not None and cv > NOISY_CV for row in rows if row.get("status") == "ok"):
+        out.append(f"CV = std / mean over repeats, largest of the headline figures; '!' above {NOISY_CV:.0%}: "
+                   "a noisy machine, so intervals and speedups are less trustworthy")  # fmt: skip
     return "\n".join(out)
 
 
@@ -142,7 +180,7 @@ def plot(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         print("infermatrix-report: matplotlib is not installed, so no plots (pip install 'infermatrix[plots]')",
               file=sys.stderr)  # fmt: skip
         return []
-    rows = [row for row in df.to_dict("records") if row.get("status") == "ok"] if not df.empty else []
+    rows = [row for row in _rows(df) if row.get("status") == "ok"] if not df.empty else []
     if not rows:
         return []
     out_dir = Path(out_dir)

@@ -20,8 +20,9 @@ from harness.config import LengthDist, Lengths, WorkloadConfig
 @dataclass(slots=True)
 class Workload:
     prompts: list[list[int]]
-    output_lens: list[int]
+    output_lens: list[int]  # planned (the requests' max_tokens)
     seed: int
+    generated_lens: list[int] | None = None  # what the engine produced, once run
 
     @property
     def hash(self) -> str:
@@ -29,15 +30,20 @@ class Workload:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
+        """Hash, seed and length summaries: input, planned output, and generated output once run."""
         ins = np.asarray([len(p) for p in self.prompts])
         outs = np.asarray(self.output_lens)
-        return {
+        described = {
             "hash": self.hash,
             "seed": self.seed,
             "num_requests": len(self.prompts),
             "input_len": {"mean": float(ins.mean()), "min": int(ins.min()), "max": int(ins.max())},
             "output_len": {"mean": float(outs.mean()), "min": int(outs.min()), "max": int(outs.max())},
         }
+        if self.generated_lens is not None:
+            got = np.asarray(self.generated_lens)
+            described["generated_len"] = {"mean": float(got.mean()), "min": int(got.min()), "max": int(got.max())}
+        return described
 
 
 def sample_lengths(spec: Lengths, n: int, rng: np.random.Generator) -> list[int]:

@@ -1,4 +1,5 @@
-"""A test double for the engine contract: real timestamps, trivial compute, optional failure."""
+"""A test double for the engine contract: real (or evenly spaced) timestamps, trivial compute,
+optional failure or a short context."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class FakeEngine(Engine):
     defaults = {"kv_cache": KVCache.none, "batching": Batching.static, "chunked_prefill": False,
                 "prefix_cache": False, "attention": Attention.torch}  # fmt: skip
     fail_with: str | None = None
+    context: int | None = None  # stop at prompt + generated = context, as a model with that context does
+    token_s: float = 0.0  # > 0: timestamps one token every token_s seconds after arrival (no sleeping)
 
     def __init__(self, model, technique, options, device):
         self.technique = technique
@@ -25,7 +28,10 @@ class FakeEngine(Engine):
         arrival = now()
         outs = []
         for r in requests:
-            times = [now() for _ in range(r.sampling.max_tokens)]
+            n = r.sampling.max_tokens
+            if self.context is not None:
+                n = min(n, self.context - len(r.prompt_token_ids))
+            times = [arrival + self.token_s * (k + 1) if self.token_s else now() for k in range(n)]
             outs.append(RequestOutput(r.request_id, len(r.prompt_token_ids), [7] * len(times), times, arrival, "length"))
             if progress:
                 progress(1)

@@ -1,11 +1,13 @@
-"""Metric formulas (vLLM's definitions) on hand-made timestamps."""
+"""Metric formulas (vLLM's definitions) on hand-made timestamps, and intervals that cover what they claim."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 
 from engines.base import RequestOutput
-from harness.metrics import bootstrap_ci, distribution, pooled_metrics, repeat_cis, request_timing, run_metrics
+from harness.metrics import distribution, pooled_metrics, repeat_cis, request_timing, run_metrics, student_t_interval
 
 
 def output(rid: str, arrival: float, times: list[float], prompt_len: int = 10) -> RequestOutput:
@@ -53,24 +55,55 @@ def test_distribution_percentiles_and_std():
     assert all(math.isnan(v) for v in distribution([]).values())
 
 
-def test_pooled_throughput_divides_tokens_by_summed_durations():
-    r1 = [output("a", 0.0, [1.0, 2.0])]  # 2 tokens in 2 s
-    r2 = [output("b", 10.0, [11.0, 12.0, 13.0, 14.0])]  # 4 tokens in 4 s
+def test_pooled_throughput_is_the_mean_of_per_repeat_throughputs_and_durations_add():
+    r1 = [output("a", 0.0, [1.0, 2.0])]  # 2 tokens in 2 s: 1 tok/s
+    r2 = [output("b", 10.0, [11.0, 12.0, 13.0, 14.0, 14.5, 15.0])]  # 6 tokens in 5 s: 1.2 tok/s
     m = pooled_metrics([r1, r2])
-    assert m["output_throughput_tok_s"] == pytest.approx(6 / 6.0)
+    assert m["output_throughput_tok_s"] == pytest.approx((1.0 + 1.2) / 2)  # not 8 tokens / 7 s
+    assert m["request_throughput"] == pytest.approx((0.5 + 0.2) / 2)
+    assert m["duration_s"] == pytest.approx(7.0)
     assert m["ttft_ms"]["mean"] == pytest.approx(1000.0)
 
 
-def test_bootstrap_ci_brackets_the_mean_and_needs_two_samples():
-    lo, hi = bootstrap_ci([10.0, 11.0, 9.0, 10.5, 9.5])
-    assert lo < 10.0 < hi and hi - lo < 2.0
-    assert bootstrap_ci([3.0]) is None
-    assert bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0)
+def test_student_t_interval_is_mean_plus_minus_t_times_standard_error():
+    block = student_t_interval([10.0, 11.0, 9.0, 10.5, 9.5])
+    s = math.sqrt(0.625)  # sample std (n - 1)
+    half = 2.7764451051977987 * s / math.sqrt(5)  # t_{0.975, 4}
+    assert block["n"] == 5 and block["method"] == "student-t"
+    assert block["mean"] == pytest.approx(10.0) and block["std"] == pytest.approx(s)
+    assert (block["low"], block["high"]) == pytest.approx((10.0 - half, 10.0 + half))
+    assert block["cv"] == pytest.approx(s / 10.0) and block["warning"] == "noisy: CV 7.9% > 5%"
 
 
-def test_repeat_cis_cover_every_headline_figure():
-    runs = [run_metrics([output("a", 0.0, [0.1 * k, 0.2 * k, 0.3 * k])]) for k in (1, 2, 3)]
-    cis = repeat_cis(runs)
+def test_two_repeats_give_a_wide_interval_with_a_warning_and_one_gives_none():
+    two = student_t_interval([100.0, 101.0])
+    assert two["low"] < 100.0 and two["high"] > 101.0 and two["warning"] == "wide interval: only 2 repeats"
+    one = student_t_interval([100.0])
+    assert one["mean"] == 100.0 and one["low"] is one["high"] is one["std"] is None
+    assert "no interval" in one["warning"]
+    quiet = student_t_interval([100.0, 100.5, 99.5, 100.0])
+    assert quiet["warning"] is None and quiet["cv"] < 0.05
+
+
+def test_repeat_cis_describe_the_headline_figures_pooled_metrics_reports():
+    runs = [[output("a", 0.0, [0.1 * k, 0.2 * k, 0.3 * k])] for k in (1, 2, 3)]
+    cis = repeat_cis([run_metrics(r) for r in runs])
+    pooled = pooled_metrics(runs)
     assert set(cis) == {"output_throughput_tok_s", "ttft_ms.mean", "tpot_ms.mean", "e2el_ms.mean"}
-    lo, hi = cis["ttft_ms.mean"]
-    assert 100.0 - 1e-9 <= lo <= hi <= 300.0 + 1e-9
+    assert cis["output_throughput_tok_s"]["mean"] == pytest.approx(pooled["output_throughput_tok_s"])
+    assert cis["ttft_ms.mean"]["mean"] == pytest.approx(pooled["ttft_ms"]["mean"]) == pytest.approx(200.0)
+    assert cis["ttft_ms.mean"]["low"] < 200.0 < cis["ttft_ms.mean"]["high"]
+
+
+def test_student_t_covers_the_true_mean_about_95_percent_of_the_time_where_the_bootstrap_did_not():
+    path = Path(__file__).resolve().parents[1] / "experiments" / "ci_coverage.py"
+    spec = importlib.util.spec_from_file_location("ci_coverage", path)
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+
+    results = experiment.coverage(ns=(2, 3, 5, 10), trials=2000, seed=0)
+    print(experiment.table(results, 2000))
+
+    for n, covered in results.items():
+        assert covered["student-t"] >= 0.93, (n, covered)
+    assert results[3]["bootstrap"] < 0.80  # the old method's shortfall this replaces

@@ -14,7 +14,8 @@ NO_CACHE, PAGED = "hf/smollm2-135m/latency/kv_cache=none", "own/smollm2-135m/lat
 CONTIGUOUS, TRITON = "own/smollm2-135m/latency/kv_cache=contiguous", "own/smollm2-135m/latency/attention=triton"
 
 
-def result(cell: str, status: str = "ok", tok_s: float = 0.0, e2e_mean: float = 0.0, reason: str | None = None) -> dict:
+def result(cell: str, status: str = "ok", tok_s: float = 0.0, e2e_mean: float = 0.0, reason: str | None = None,
+           n: int = 5, cv: float = 0.01) -> dict:
     engine, model, scenario, technique = cell.split("/")
     key, value = technique.split("=")
     out = {"cell": cell, "status": status, "reason": reason, "config_hash": f"h-{cell}", "sweep_id": "s1",
@@ -24,7 +25,10 @@ def result(cell: str, status: str = "ok", tok_s: float = 0.0, e2e_mean: float = 
         out["metrics"] = {"ttft_ms": {"p50": e2e_mean / 10}, "tpot_ms": {"mean": e2e_mean / 40},
                           "itl_ms": {"p50": e2e_mean / 41}, "e2el_ms": {"p50": e2e_mean * 0.98, "mean": e2e_mean},
                           "output_throughput_tok_s": tok_s, "peak_memory_bytes": 612_345_678}  # fmt: skip
-        out["ci95"] = {"output_throughput_tok_s": [tok_s * 0.95, tok_s * 1.04]}
+        out["ci95"] = {key: {"n": n, "method": "student-t", "mean": 1.0, "low": 0.9, "high": 1.1, "std": cv,
+                             "cv": cv, "warning": None} for key in ("ttft_ms.mean", "tpot_ms.mean", "e2el_ms.mean")}
+        out["ci95"]["output_throughput_tok_s"] = {"n": n, "method": "student-t", "mean": tok_s, "low": tok_s * 0.95,
+                                                  "high": tok_s * 1.04, "std": tok_s * cv, "cv": cv, "warning": None}
     return out
 
 
@@ -79,17 +83,17 @@ def test_failed_and_skipped_cells_show_their_reason_and_no_numbers(sweep):
     assert "Traceback" not in text  # first line of the reason only
     skipped = line_of(text, TRITON)
     assert skipped.split()[1] == "skipped" and skipped.endswith("attention=triton needs a CUDA device")
-    assert "x " not in skipped and skipped.split()[2:9] == ["-"] * 7
+    assert "x " not in skipped and skipped.split()[2:11] == ["-"] * 9
 
 
 def test_each_ok_cell_shows_throughput_with_its_ci_latencies_and_memory(sweep):
     text = summarize(load_results(sweep))
     header = text.splitlines()[0]
 
-    for name in ("TTFT p50 ms", "TPOT mean ms", "ITL p50 ms", "E2E p50 ms", "out tok/s [95% CI]", "peak MB"):
+    for name in ("TTFT p50 ms", "TPOT mean ms", "ITL p50 ms", "E2E p50 ms", "out tok/s [95% CI]", "CV", "peak MB"):
         assert name in header
     line = line_of(text, PAGED)
-    assert "30.0 [28.5, 31.2]" in line
+    assert "30.0 [28.5, 31.2]  1.0%" in line
     assert line.split()[2:6] == ["30.0", "7.5", "7.3", "294.0"]
     assert "612.3" in line
     status_at = header.index("status")  # fixed width: every row's status starts under its header
@@ -139,3 +143,25 @@ def test_a_single_cell_is_printed_without_speedup_columns():
 
     text = summarize(pd.DataFrame([{"cell": "hf/m/latency/fixed", "status": "ok", "output_throughput_tok_s": 5.0}]))
     assert "hf/m/latency/fixed" in text and "tok/s x" not in text and "baseline" not in text
+
+
+def test_noisy_repeats_and_too_few_repeats_are_flagged_in_the_printed_table(tmp_path):
+    noisy = result(PAGED, tok_s=30.0, e2e_mean=300.0, cv=0.08)
+    noisy["ci95"]["ttft_ms.mean"]["cv"] = 0.02
+    text = summarize(load_results(write_table(tmp_path, [
+        result(CONTIGUOUS, tok_s=12.0, e2e_mean=900.0, n=2), noisy, result(NO_CACHE, tok_s=5.0, e2e_mean=9.0, n=1),
+    ])))  # fmt: skip
+
+    assert line_of(text, CONTIGUOUS).endswith("baseline; wide CI: 2 repeats")
+    paged = line_of(text, PAGED)
+    assert "8.0%!" in paged and paged.endswith("noisy, CV > 5%: out tok/s 8.0%, TPOT 8.0%, E2E 8.0%")
+    assert line_of(text, NO_CACHE).endswith("1 repeat: no CI")
+    assert "'!' above 5%: a noisy machine" in text
+
+
+def test_tables_written_before_interval_blocks_still_show_their_ci(tmp_path):
+    old = result(PAGED, tok_s=30.0, e2e_mean=300.0)
+    old["ci95"] = {"output_throughput_tok_s": [28.5, 31.2], "ttft_ms.mean": None}
+
+    line = line_of(summarize(load_results(write_table(tmp_path, [old]))), PAGED)
+    assert line.split()[6:10] == ["30.0", "[28.5,", "31.2]", "-"]  # no CV recorded then

@@ -6,13 +6,15 @@ import base64
 import hashlib
 import json
 import random
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from harness.trackers import TrackerConfig, track_result
-from harness.trackers.mode import resolve_mode
+from harness.trackers.mode import choose_mode, resolve_mode, unreachable_reason
 from harness.trackers.secrets import REDACTED, is_secret_key, scrub_argv
 from harness.trackers.wandb_log import BLOCK_SIZE, WandbLogError, read_chunks, read_records, read_run
 from harness.record import flatten
@@ -70,8 +72,8 @@ def make_result(num_requests: int = 24, seed: int = 0) -> dict:
                     "request_throughput": rng.uniform(0.5, 1.0), "peak_memory_bytes": 1_234_567_890,
                     "duration_s": rng.uniform(20, 30), "num_requests": num_requests,
                     "total_output_tokens": 16 * num_requests},
-        "ci95": {"output_throughput_tok_s": [rng.uniform(9, 10), rng.uniform(20, 21)],
-                 "ttft_ms.mean": [rng.uniform(40, 50), rng.uniform(90, 99)]},
+        "ci95": {"output_throughput_tok_s": interval(rng.uniform(9, 10), rng.uniform(20, 21)),
+                 "ttft_ms.mean": interval(rng.uniform(40, 50), rng.uniform(90, 99))},
         "engine_stats": {"forward_calls": 400},
         "accuracy": {"tasks": {"gsm8k": {"metrics": {"exact_match,strict-match": {"value": rng.random(),
                                                                                   "stderr": 0.01}}}},
@@ -79,6 +81,13 @@ def make_result(num_requests: int = 24, seed: int = 0) -> dict:
         "requests": requests,
         "started_at": "2026-11-22T03:00:00+00:00", "finished_at": "2026-11-22T03:00:30+00:00",
     }
+
+
+def interval(low: float | None, high: float | None, n: int = 3) -> dict:
+    """An interval block as harness.metrics.student_t_interval writes it (null bounds with one repeat)."""
+    mean = None if low is None else (low + high) / 2
+    return {"n": n, "method": "student-t", "mean": mean, "low": low, "high": high, "std": None if low is None else 1.0,
+            "cv": None if low is None else 1.0 / mean, "warning": None if low is None else "noisy"}
 
 
 def write_result(result: dict, out_dir: Path) -> Path:
@@ -117,8 +126,9 @@ def test_offline_run_reads_back_with_the_results_config_summary_table_and_artifa
     summary = logged["summary"]
     for key, value in flatten(result["metrics"]).items():
         assert summary[key] == value, key
-    assert summary["ci95.output_throughput_tok_s.lo"] == result["ci95"]["output_throughput_tok_s"][0]
-    assert summary["ci95.ttft_ms.mean.hi"] == result["ci95"]["ttft_ms.mean"][1]
+    for key, value in flatten(result["ci95"], "ci95.").items():
+        assert summary[key] == value, key
+    assert summary["ci95.ttft_ms.mean.high"] == result["ci95"]["ttft_ms.mean"]["high"]
     accuracy = result["accuracy"]["tasks"]["gsm8k"]["metrics"]["exact_match,strict-match"]["value"]
     assert summary["accuracy.tasks.gsm8k.metrics.exact_match,strict-match.value"] == accuracy
     assert (summary["status"], summary["reason"], summary["config_hash"]) == ("ok", None, "c0ffee12")
@@ -165,6 +175,19 @@ def test_secrets_are_absent_from_everything_wandb_writes(tmp_path, monkeypatch):
     assert staged["config"]["tracker"]["api_key"] == REDACTED
 
 
+def test_a_single_repeat_cell_logs_with_no_interval(tmp_path):
+    result = make_result(num_requests=2)
+    result["ci95"] = {"output_throughput_tok_s": interval(None, None, n=1), "ttft_ms.mean": None}  # None: older results
+    out_dir = tmp_path / "cell"
+
+    info = track_result(offline_cfg(), result, write_result(result, out_dir), out_dir)
+
+    assert "error" not in info and info["mode"] == "offline", info
+    summary = read_run(info["run_dir"])["summary"]
+    assert summary["ci95.output_throughput_tok_s.n"] == 1
+    assert summary["ci95.output_throughput_tok_s.low"] is None and summary["ci95.ttft_ms.mean"] is None
+
+
 def test_tracker_none_logs_nothing(tmp_path):
     result = make_result(num_requests=2)
     out_dir = tmp_path / "cell"
@@ -198,6 +221,67 @@ def test_auto_mode_goes_online_only_with_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert resolve_mode("auto") == "offline"
     assert resolve_mode("disabled") == "disabled"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket closes
+
+
+def test_auto_mode_with_credentials_but_no_reachable_wandb_host_logs_offline_within_seconds(tmp_path, monkeypatch,
+                                                                                          capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    result = make_result(num_requests=2)
+    out_dir = tmp_path / "cell"
+
+    start = time.monotonic()
+    info = track_result(TrackerConfig(name="wandb", mode="auto"), result, write_result(result, out_dir), out_dir)
+
+    assert time.monotonic() - start < 20  # not wandb's ~90 s wait for a host that never answers
+    assert info["mode"] == "offline" and "error" not in info, info
+    assert "host is unreachable (http://127.0.0.1:" in info["offline_reason"]
+    assert "logged offline instead" in capsys.readouterr().err
+    assert read_run(info["run_dir"])["summary"]["status"] == "ok"
+
+
+def test_the_reachability_probe_needs_an_http_answer_and_is_bounded_by_its_timeout():
+    with socket.socket() as silent:  # accepts TCP connections (the kernel's backlog) and never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        urls = [f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{silent.getsockname()[1]}",
+                "https://wandb.invalid"]  # fmt: skip
+        for url in urls:
+            start = time.monotonic()
+            assert unreachable_reason(url, timeout_s=0.5) is not None, url  # refused, silent, no such name
+            assert time.monotonic() - start < 1.5, url
+
+
+def test_a_server_that_answers_any_http_status_is_reachable():
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from threading import Thread
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    with HTTPServer(("127.0.0.1", 0), NotFound) as server:
+        Thread(target=server.handle_request, daemon=True).start()
+        assert unreachable_reason(f"http://127.0.0.1:{server.server_port}", timeout_s=3.0) is None
+
+
+def test_only_auto_with_credentials_probes_the_host(monkeypatch):
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    assert choose_mode("auto") == ("offline", None)  # no credentials: offline, nothing to explain
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert choose_mode("auto")[0] == "offline" and choose_mode("auto")[1]
+    assert choose_mode("online") == ("online", None)  # asked for explicitly: left as asked
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert choose_mode("auto") == ("online", None)
 
 
 def test_secret_keys_are_matched_by_whole_words():
@@ -239,3 +323,24 @@ def test_reader_rejects_a_corrupted_log(tmp_path):
         list(read_records(log))
     with pytest.raises(TimeoutError, match="no exit record"):
         read_run(log.parent, wait_s=0.2)
+
+
+def test_a_one_repeat_cell_is_measured_recorded_and_logged_offline(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    import engines
+    from harness.config import register
+    from harness.runner import run_cell
+
+    register()
+    monkeypatch.setitem(engines.ENGINES, "fake", "fake_engine:FakeEngine")
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=["engine.name=fake", "isolation=none", "scenario.repeats=1", "scenario.warmup=0",
+                                           "tracker.mode=offline", f"store={tmp_path / 'store'}"])  # fmt: skip
+
+    row = run_cell(cfg, tmp_path / "cell", tmp_path / "sweep", "sweep-1", 0)
+
+    assert row["status"] == "ok" and "tracker.error" not in row, row.get("tracker.error")
+    summary = read_run(row["tracker.run_dir"])["summary"]
+    assert summary["ci95.output_throughput_tok_s.n"] == 1 and summary["ci95.output_throughput_tok_s.low"] is None

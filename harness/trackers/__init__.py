@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def track_result(cfg: TrackerConfig, result: dict[str, Any], result_path: Path, out_dir: Path) -> dict[str, Any]:
     """Log one cell; returns what the results table records about it.
 
-    {"tracker": "none"} | {"tracker": "wandb", "mode", "run_id", "run_dir"[, "url"]}
+    {"tracker": "none"} | {"tracker": "wandb", "mode", "run_id", "run_dir"[, "url"][, "offline_reason"]}
     | {"tracker": "wandb", "error": "..."} when logging failed.
     """
     if cfg.name == "none":

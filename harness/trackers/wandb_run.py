@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.record import flatten
 from harness.trackers.config import TrackerConfig
-from harness.trackers.mode import resolve_mode
+from harness.trackers.mode import choose_mode
 from harness.trackers.secrets import scrub, scrub_argv, secret_values
 
 # Result fields that say what actually ran (engine defaults resolved), beside the requested config.
@@ -21,15 +21,15 @@ _ARTIFACT_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def run_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """Summary values: status, metrics, CI bounds (`ci95.<metric>.lo/.hi`), accuracy and engine stats."""
+    """Summary values: status, metrics, intervals (`ci95.<metric>.low/.high/.n/.cv/...`), accuracy and
+    engine stats. An interval is a dict, or null bounds with one repeat: flattened, never unpacked."""
     summary: dict[str, Any] = {
         "status": result["status"],
         "reason": result.get("reason"),
         "config_hash": result.get("config_hash"),
     }
     summary.update(flatten(result.get("metrics") or {}))
-    for metric, (low, high) in (result.get("ci95") or {}).items():
-        summary[f"ci95.{metric}.lo"], summary[f"ci95.{metric}.hi"] = low, high
+    summary.update(flatten(result.get("ci95") or {}, "ci95."))
     summary.update(flatten(result.get("accuracy") or {}, "accuracy."))
     summary.update(flatten(result.get("engine_stats") or {}, "engine_stats."))
     return summary
@@ -81,7 +81,9 @@ def log_to_wandb(cfg: TrackerConfig, result: dict[str, Any], result_path: Path, 
     """One run per cell: name = cell, group = sweep, job type = scenario. Raises on any failure."""
     import wandb  # only when tracking: importing wandb costs about a second
 
-    mode = resolve_mode(cfg.mode)
+    mode, fallback = choose_mode(cfg.mode)
+    if fallback:
+        print(f"[infermatrix] tracker.mode=auto: {fallback}; upload later with `wandb sync`", file=sys.stderr)
     secrets = secret_values(result)
     config = scrub(result.get("config") or {}, secrets)
     config["resolved"] = scrub({key: result[key] for key in RESOLVED_FIELDS if key in result}, secrets)
@@ -109,6 +111,8 @@ def log_to_wandb(cfg: TrackerConfig, result: dict[str, Any], result_path: Path, 
     finally:
         run.finish(exit_code=exit_code)
     info: dict[str, Any] = {"tracker": "wandb", "mode": mode}
+    if fallback:
+        info["offline_reason"] = fallback
     if mode != "disabled":
         info.update(run_id=run.id, run_dir=str(run.settings.sync_dir))
     if mode == "online":
