@@ -133,7 +133,8 @@ class HFEngine(Engine):
             if error is None:
                 runnable.append(index)
                 continue
-            outputs[index] = RequestOutput(output_id(request, index), prompt_len(request), [], [], arrival, "error", error)
+            name = output_id(request, index)
+            outputs[index] = RequestOutput(name, prompt_len(request), [], [], arrival, "error", error)
         if progress and len(runnable) < len(requests):
             progress(len(requests) - len(runnable))
         batches = self.batches([requests[i] for i in runnable])

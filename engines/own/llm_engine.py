@@ -60,10 +60,9 @@ class LLMEngine:
         region = self.kv.blocks_needed(1) if config.kv_cache == "contiguous" else config.num_blocks
         self.max_kv_tokens = region * config.block_size
 
-    def add_request(self, request: Request, index: int = 0) -> Sequence:
-        """Queue one request. A bad one comes back already finished with its error (the next step reports
-        it); `index` names a request that has no usable request_id."""
-        return self._enqueue(request, self.request_error(request), index)
+    def add_request(self, request: Request) -> Sequence:
+        """Queue one request. A bad one comes back already finished with its error (the next step reports it)."""
+        return self._enqueue(request, self.request_error(request), 0)
 
     def request_error(self, request: Any) -> str | None:
         return request_error(request, self.config.vocab_size, self.config.max_model_len, self.max_kv_tokens)
