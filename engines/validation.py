@@ -54,7 +54,7 @@ def tokens_error(name: str, tokens: Any, vocab_size: int) -> str | None:
         return f"empty {name}: at least one token is needed"
     not_ints = [t for t in tokens if not is_int(t)]
     if not_ints:
-        return f"{name} must hold only ints, got {len(not_ints)} others, e.g. {show(not_ints[0])}"
+        return f"{name} must hold only ints; {len(not_ints)} entries are not, e.g. {show(not_ints[0])}"
     bad = [t for t in tokens if not 0 <= t < vocab_size]
     if bad:
         return f"{name} has {len(bad)} token ids out of range [0, {vocab_size}), e.g. {[int(t) for t in bad[:3]]}"
