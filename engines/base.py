@@ -8,6 +8,8 @@ tokenized requests; the engine returns generated token ids with a monotonic time
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -111,14 +113,47 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def validate(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        """Raise ValueError naming the first bad field and its value (wrong types included)."""
+        if not is_int(self.max_tokens) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {show(self.max_tokens)}")
+        if not is_finite_real(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {show(self.temperature)}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / temperature would overflow to inf and NaN the draw
+            raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}, got {show(self.temperature)}")
+        if not is_int(self.top_k) or not 0 <= self.top_k < 2**63:  # top_k becomes an int64 tensor
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {show(self.top_k)}")
+        if not is_finite_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be a number in (0, 1], got {show(self.top_p)}")
+        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed < 2**64):  # torch's seed range
+            raise ValueError(f"seed must be None or an int in [0, 2**64), got {show(self.seed)}")
+        stops = self.stop_token_ids
+        if not isinstance(stops, (list, tuple)) or not all(is_int(t) and t >= 0 for t in stops):
+            raise ValueError(f"stop_token_ids must be a list or tuple of ints >= 0, got {show(stops)}")
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be a bool, got {show(self.ignore_eos)}")
+
+
+MIN_TEMPERATURE = 1e-5  # below this (but above 0) sampling overflows float32 logits
+
+
+def is_int(value: Any) -> bool:
+    """An integral number (numpy ints included) that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """`value` for an error message: its repr (shortened) and type; never raises."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not turn a clear error into a crash
+        text = "<unprintable>"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{text} ({type(value).__name__})"
 
 
 @dataclass(slots=True)
@@ -194,6 +229,11 @@ class Engine(ABC):
     @property
     @abstractmethod
     def eos_token_id(self) -> int | None: ...
+
+    def is_idle(self) -> bool:
+        """Nothing queued or running and no KV held for a request: true between generate() calls,
+        even after one that failed. Engines without a queue are always idle."""
+        return True
 
     def close(self) -> None:
         """Release memory held by the engine."""

@@ -38,7 +38,7 @@ from engines.dtypes import torch_dtype
 from engines.memory import release_memory
 from engines.hf_steps import StepRecorder
 from engines.padding import pad_batch, token_budget_batches
-from engines.validation import request_error
+from engines.validation import checked_sequences, output_id, prompt_len, request_error
 
 
 def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
@@ -138,14 +138,13 @@ class HFEngine(Engine):
         arrival = now()
         outputs: list[RequestOutput | None] = [None] * len(requests)
         runnable = []
-        for index, request in enumerate(requests):
+        for index, request in enumerate(requests):  # all checked before any runs
             error = request_error(request, self.vocab_size, self.context_len)
             if error is None:
                 runnable.append(index)
                 continue
-            outputs[index] = RequestOutput(
-                request.request_id, len(request.prompt_token_ids), [], [], arrival, "error", error
-            )
+            name = output_id(request, index)
+            outputs[index] = RequestOutput(name, prompt_len(request), [], [], arrival, "error", error)
         if progress and len(runnable) < len(requests):
             progress(len(requests) - len(runnable))
         batches = self.batches([requests[i] for i in runnable])
@@ -201,11 +200,7 @@ class HFEngine(Engine):
         ]
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
-        for seq in sequences:
-            if len(seq) < 1:
-                raise ValueError("cannot score an empty sequence")
-            if any(not 0 <= t < self.vocab_size for t in seq):
-                raise ValueError(f"token ids out of range [0, {self.vocab_size}) in a scored sequence")
+        sequences = checked_sequences(sequences, self.vocab_size, self.context_len)
         results: list[ScoredSequence | None] = [None] * len(sequences)
         for batch in self.score_batches(sequences):
             seqs = [sequences[i] for i in batch]

@@ -134,6 +134,9 @@ class OwnEngine(Engine):
     def score(self, sequences: Seq[Seq[int]]) -> list[ScoredSequence]:
         return score_sequences(self.llm, self.runner, sequences, self.options.max_num_batched_tokens)
 
+    def is_idle(self) -> bool:
+        return self.llm.is_idle()
+
     @property
     def eos_token_id(self) -> int | None:
         ids = self.llm.config.eos_token_ids

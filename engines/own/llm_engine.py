@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence as Seq
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from engines.own.contiguous_allocator import ContiguousAllocator
 from engines.own.model_runner import ModelRunner
 from engines.own.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from engines.own.sequence import Sequence
-from engines.validation import request_error
+from engines.validation import output_id, prompt_len, request_error
 
 
 @dataclass(slots=True)
@@ -60,18 +61,34 @@ class LLMEngine:
         self.max_kv_tokens = region * config.block_size
 
     def add_request(self, request: Request) -> Sequence:
-        error = request_error(request, self.config.vocab_size, self.config.max_model_len, self.max_kv_tokens)
+        """Queue one request. A bad one comes back already finished with its error (the next step reports it)."""
+        return self._enqueue(request, self.request_error(request), 0)
+
+    def request_error(self, request: Any) -> str | None:
+        return request_error(request, self.config.vocab_size, self.config.max_model_len, self.max_kv_tokens)
+
+    def _enqueue(self, request: Any, error: str | None, index: int) -> Sequence:
         if error is not None:
-            seq = Sequence(request.request_id, [], len(request.prompt_token_ids), request.sampling, now())
+            seq = Sequence(output_id(request, index), [], prompt_len(request), SamplingParams(), now())
             seq.finish("error", error)
             self.rejected.append(seq)
             return seq
         prompt = [int(t) for t in request.prompt_token_ids]
         seq = Sequence(request.request_id, prompt, len(prompt), request.sampling, now())
         if seq.sampling.seed is not None and seq.sampling.temperature > 0:
-            seq.generator = torch.Generator(device=self.runner.device).manual_seed(seq.sampling.seed)
+            seq.generator = torch.Generator(device=self.runner.device).manual_seed(int(seq.sampling.seed))
         self.scheduler.add(seq)
         return seq
+
+    def abort_all(self, reason: str) -> None:
+        """Finish every queued or running sequence with `reason` as its error and free its KV."""
+        for seq in self.scheduler.abort_all():
+            seq.finish("error", reason)
+        self.rejected = []
+
+    def is_idle(self) -> bool:
+        """No sequence queued or running and no KV block held (prefix-cache blocks count as free)."""
+        return not self.has_unfinished() and self.kv.num_used_blocks == 0
 
     def has_unfinished(self) -> bool:
         return bool(self.rejected) or self.scheduler.has_unfinished()
@@ -133,12 +150,18 @@ class LLMEngine:
         requests: Seq[Request],
         progress: Callable[[int], None] | None = None,
     ) -> list[RequestOutput]:
-        """Run `requests` to completion; outputs in request order."""
-        seqs = [self.add_request(r) for r in requests]
-        while self.has_unfinished():
-            done = self.step()
-            if progress is not None and done:
-                progress(len(done))
+        """Run `requests` to completion; outputs in request order. Every request is checked before any is
+        queued, and a call that fails part way leaves the engine idle, so nothing leaks into the next call."""
+        errors = [self.request_error(r) for r in requests]
+        try:
+            seqs = [self._enqueue(r, error, i) for i, (r, error) in enumerate(zip(requests, errors))]
+            while self.has_unfinished():
+                done = self.step()
+                if progress is not None and done:
+                    progress(len(done))
+        except BaseException as exc:
+            self.abort_all(f"aborted: generate() failed with {type(exc).__name__}")
+            raise
         return [s.output() for s in seqs]
 
     def generate_tokens(

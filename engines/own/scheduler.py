@@ -53,6 +53,15 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def abort_all(self) -> list[Sequence]:
+        """Drop every waiting and running sequence, freeing its KV; returns them."""
+        dropped = [*self.running, *self.waiting]
+        for seq in dropped:
+            self.kv.free(seq)  # a no-op for a sequence that holds no blocks
+        self.running, self.waiting = [], deque()
+        self.batch_members.clear()
+        return dropped
+
     def _num_new_tokens(self, seq: Sequence, budget: int, step_is_empty: bool) -> int:
         remaining = seq.num_tokens - seq.num_computed_tokens
         if remaining <= budget:

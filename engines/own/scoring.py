@@ -12,15 +12,7 @@ from engines.base import SamplingParams, ScoredSequence, now
 from engines.own.llm_engine import LLMEngine
 from engines.own.model_runner import ModelRunner
 from engines.own.sequence import Sequence
-
-
-def _checked(tokens: Seq[int], vocab_size: int, max_model_len: int) -> list[int]:
-    ids = [int(t) for t in tokens]
-    if any(not 0 <= t < vocab_size for t in ids):
-        raise ValueError(f"score: token ids must lie in [0, {vocab_size})")
-    if len(ids) > max_model_len:
-        raise ValueError(f"score: sequence of {len(ids)} tokens exceeds max_model_len={max_model_len}")
-    return ids
+from engines.validation import checked_sequences
 
 
 def score_sequences(
@@ -29,10 +21,8 @@ def score_sequences(
     if llm.has_unfinished():
         raise RuntimeError("score() cannot run while generation requests are in flight")
     config = llm.config
-    seqs = [
-        Sequence(str(i), _checked(s, config.vocab_size, config.max_model_len), len(s), SamplingParams(), now())
-        for i, s in enumerate(sequences)
-    ]
+    checked = checked_sequences(sequences, config.vocab_size, config.max_model_len)
+    seqs = [Sequence(str(i), s, len(s), SamplingParams(), now()) for i, s in enumerate(checked)]
     results: dict[int, ScoredSequence] = {}
     pending = [i for i, s in enumerate(seqs) if s.num_tokens >= 2]
     for i, s in enumerate(seqs):

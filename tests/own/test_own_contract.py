@@ -101,6 +101,35 @@ def test_bad_requests_get_an_error_and_the_others_are_served():
     assert "[0, 300)" in messages["beyond vocab"] and "max_tokens" in messages["max_tokens 0"]
 
 
+def test_a_wrongly_typed_request_after_good_ones_leaves_nothing_queued_for_the_next_call():
+    engine = tiny_engine()
+    good = [Request(str(i), [5, 6 + i], SamplingParams(max_tokens=3, ignore_eos=True)) for i in range(2)]
+    outputs = engine.generate([*good, {"request_id": "dict"}, Request("s", [5], SamplingParams(max_tokens="4"))])
+    assert [len(o.token_ids) for o in outputs[:2]] == [3, 3]
+    assert [(o.request_id, o.finish_reason) for o in outputs[2:]] == [("dict", "error"), ("s", "error")]
+    assert "max_tokens" in outputs[3].error and "'4'" in outputs[3].error
+    assert engine.is_idle()
+
+
+def test_a_call_that_fails_part_way_leaves_the_engine_idle_and_the_next_call_unaffected(monkeypatch):
+    engine = tiny_engine()
+    requests = [Request(str(i), [5, 6 + i], SamplingParams(max_tokens=6, ignore_eos=True)) for i in range(3)]
+    expected = [o.token_ids for o in engine.generate(requests)]
+    real_execute, calls = engine.runner.execute, []
+
+    def failing_on_third_step(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return real_execute(batch)
+
+    monkeypatch.setattr(engine.runner, "execute", failing_on_third_step)
+    with pytest.raises(RuntimeError, match="device lost"):
+        engine.generate(requests)
+    assert engine.is_idle() and engine.llm.kv.num_free_blocks == engine.llm.kv.num_blocks
+    assert [o.token_ids for o in engine.generate(requests[:1])] == expected[:1]
+
+
 def test_stop_tokens_and_eos_end_a_request_unless_eos_is_ignored():
     engine = tiny_engine()
     free_run = greedy(engine, [[5, 6, 7]])[0].token_ids
