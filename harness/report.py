@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from harness.metrics import HEADLINE, NOISY_CV, WIDE_BELOW_N
+from engines.environment import code_version
 from harness.record import TABLE_NAME, flatten, read_rows
 
 THROUGHPUT = "output_throughput_tok_s"
@@ -118,22 +119,26 @@ def _throughput_text(row: dict[str, Any]) -> str:
     return f"{value:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else f"{value:.1f}"
 
 
-def _note(row: dict[str, Any], is_baseline: bool) -> str:
+def _note(row: dict[str, Any], is_baseline: bool, code: str | None) -> str:
     if row.get("status") != "ok":
         reason = row.get("reason")
         return str(reason).strip().splitlines()[0] if isinstance(reason, str) and reason.strip() else "(no reason)"
     notes = ["baseline"] if is_baseline else []
     if row.get("reused") is True:
         notes.append("reused earlier result")
+    if code is not None and row.get("code_version") != code:
+        notes.append(f"stale: measured by code {row.get('code_version') or 'unknown'}")
     return "; ".join(notes + stability_notes(row))
 
 
-def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
+def summarize(df: pd.DataFrame, baseline: str | None = None, code: str | None = None) -> str:
     """One fixed-width line per cell: status, latencies, output tok/s with its 95% CI, the largest CV
     over repeats ('!' above 5%), peak memory, and speedups against the baseline cell; failed and
-    skipped cells show their reason, ok cells warnings about their intervals."""
+    skipped cells show their reason, ok cells warnings about their intervals and, when measured by
+    another code version than `code` (default: this checkout's), that they are stale."""
     if df.empty:
         return "(no cells)"
+    code = code or code_version()
     rows = _rows(df)
     base_at = pick_baseline(rows, baseline) if len(rows) > 1 else None  # one cell: nothing to compare
     base = None if base_at is None else rows[base_at]
@@ -149,7 +154,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> str:
              ("E2E x", lambda r: _fmt(speedups(r, base)[1], ".2f", "x"))]
             if len(rows) > 1 else []
         ),  # fmt: skip
-        ("note", lambda r: _note(r, r is base)),  # rows are distinct dicts: `is` marks one row
+        ("note", lambda r: _note(r, r is base, code)),  # rows are distinct dicts: `is` marks one row
     ]
     table = [[header for header, _ in columns]] + [[text(row) for _, text in columns] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from engines.environment import code_version
 from harness import record
 from harness.report import load_results, main, pick_baseline, plot, speedups, summarize
 
 NO_CACHE, PAGED = "hf/smollm2-135m/latency/kv_cache=none", "own/smollm2-135m/latency/kv_cache=paged"
 CONTIGUOUS, TRITON = "own/smollm2-135m/latency/kv_cache=contiguous", "own/smollm2-135m/latency/attention=triton"
+CODE = code_version()
 
 
 def result(cell: str, status: str = "ok", tok_s: float = 0.0, e2e_mean: float = 0.0, reason: str | None = None,
@@ -19,6 +21,7 @@ def result(cell: str, status: str = "ok", tok_s: float = 0.0, e2e_mean: float = 
     engine, model, scenario, technique = cell.split("/")
     key, value = technique.split("=")
     out = {"cell": cell, "status": status, "reason": reason, "config_hash": f"h-{cell}", "sweep_id": "s1",
+           "code_version": CODE,
            "config": {"engine": {"name": engine}, "model": {"name": model}, "scenario": {"name": scenario}},
            "technique_applied": {key: value}}  # fmt: skip
     if status == "ok":
@@ -165,3 +168,10 @@ def test_tables_written_before_interval_blocks_still_show_their_ci(tmp_path):
 
     line = line_of(summarize(load_results(write_table(tmp_path, [old]))), PAGED)
     assert line.split()[6:10] == ["30.0", "[28.5,", "31.2]", "-"]  # no CV recorded then
+
+
+def test_a_result_measured_by_other_code_is_marked_stale(tmp_path):
+    old = {**result(PAGED, tok_s=30.0, e2e_mean=300.0), "code_version": "0.0.1+0123456789ab"}
+    text = summarize(load_results(write_table(tmp_path, [result(CONTIGUOUS, tok_s=12.0, e2e_mean=900.0), old])))
+    assert "stale: measured by code 0.0.1+0123456789ab" in line_of(text, PAGED)
+    assert "stale" not in line_of(text, CONTIGUOUS)
