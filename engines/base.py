@@ -41,22 +41,6 @@ class Graphs(str, enum.Enum):
     compile = "compile"  # torch.compile
 
 
-class Fault(str, enum.Enum):
-    """How engine=fault fails, to check that a sweep survives it (and a cluster reports it)."""
-
-    none = "none"  # run normally (trivial tokens, real timestamps)
-    exception = "exception"  # a Python exception
-    segfault = "segfault"  # a real SIGSEGV (a null read)
-    oom_kill = "oom_kill"  # SIGKILL, as the kernel's OOM killer sends
-    hang = "hang"  # never returns (the cell's timeout ends it)
-    exit = "exit"  # the process exits with status 3
-
-
-class FaultAt(str, enum.Enum):
-    init = "init"  # while the engine loads
-    generate = "generate"  # in the first generate call
-
-
 @dataclass
 class Technique:
     """Every optimization toggle. `None` means "the engine's default", which the engine
@@ -72,19 +56,22 @@ class Technique:
 
 @dataclass
 class EngineOptions:
-    """Sizing knobs shared by engines; an engine ignores those it has no use for."""
+    """What every engine's options hold. Each engine extends it with the options it honours, in
+    `engines/<name>/config.py`; the harness registers that class as the engine's config schema."""
 
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    block_size: int = 16
-    kv_cache_bytes: int | None = None  # CPU: KV pool size; None = derive from memory
-    gpu_memory_utilization: float = 0.9  # CUDA: fraction of free memory for weights + KV
-    batch_size: int | None = None  # static batching: requests per batch (None = all)
-    # longest sequence, prompt + output (vLLM's --max-model-len); None = the model's context. Contiguous KV
-    # regions, CUDA-graph block tables and the default KV budget are sized from it.
-    max_model_len: int | None = None
-    fault: Fault = Fault.none  # engine=fault only
-    fault_at: FaultAt = FaultAt.generate  # engine=fault only
+    name: str = ""
+    python: str | None = None  # the interpreter that runs this engine's worker (its own venv); None = the harness's
+
+    def __post_init__(self) -> None:
+        """Range checks (types and enums are checked when the config is composed)."""
+
+    def check_positive(self, *keys: str) -> None:
+        """ValueError naming the first of `keys` that is neither None nor >= 1."""
+        nullable = {f.name for f in fields(self) if f.default is None}
+        for key in keys:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"engine.{key} must be >= 1{' or null' if key in nullable else ''}, got {value}")
 
 
 @dataclass(slots=True, frozen=True)

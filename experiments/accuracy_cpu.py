@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from engines import create_engine  # noqa: E402
-from engines.base import EngineOptions, ModelSpec, Technique  # noqa: E402
+from engines.base import ModelSpec, Technique  # noqa: E402
 from harness.eval import EvalConfig, GSM8KConfig, MMLUConfig, evaluate  # noqa: E402
 from harness.eval.baseline import compare  # noqa: E402
 from harness.eval.tasks import mmlu_categories  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
     rows, baseline = [], None
     for name in args.engines.split(","):
         start = time.perf_counter()
-        engine = create_engine(name, model, Technique(), EngineOptions(), "cpu")
+        engine = create_engine(name, model, Technique(), {}, "cpu")
         load_s = time.perf_counter() - start
         try:
             block = evaluate(cfg, engine, model, out_root / name, None)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import create_engine  # noqa: E402
-from engines.base import Attention, EngineOptions, Graphs, ModelSpec, Request, SamplingParams, Technique  # noqa: E402
+from engines.base import Attention, Graphs, ModelSpec, Request, SamplingParams, Technique  # noqa: E402
 from engines.own.kernels import reference  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 16  # Llama-3-8B attention shape
@@ -164,7 +164,7 @@ def batch1_decode(spec: ModelSpec, args, bandwidth: float) -> None:
     for graphs in (Graphs.eager, Graphs.cuda_graphs):
         technique = Technique(attention=Attention.triton, graphs=graphs)
         started = time.perf_counter()
-        engine = create_engine("own", spec, technique, EngineOptions(max_num_seqs=args.num_requests), "cuda")
+        engine = create_engine("own", spec, technique, dict(max_num_seqs=args.num_requests), "cuda")
         load_s = time.perf_counter() - started
         engine.generate(random_requests(1, 16, 8, config["vocab_size"], seed=3))  # compile kernels
         out = engine.generate(request)[0]
@@ -190,7 +190,7 @@ def offline_throughput(spec: ModelSpec, args) -> None:
     if not args.skip_hf:
         runs.append(("hf transformers", "hf", Technique()))
     for label, name, technique in runs:
-        options = EngineOptions(max_num_seqs=args.num_requests, max_num_batched_tokens=8192)
+        options = dict(max_num_seqs=args.num_requests, max_num_batched_tokens=8192)
         engine = create_engine(name, spec, technique, options, "cuda")
         engine.generate(random_requests(2, 16, 4, spec.random_config["vocab_size"], seed=5))  # warm-up
         torch.cuda.synchronize()

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from engines import create_engine  # noqa: E402
-from engines.base import EngineOptions, ModelSpec, Request, Technique  # noqa: E402
+from engines.base import ModelSpec, Request, Technique  # noqa: E402
 from engines.own.kv_pool import max_concurrent_sequences  # noqa: E402
 from harness.config import LengthDist, Lengths, WorkloadConfig  # noqa: E402
 from harness.models import embedded_model_dir  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
     print(f"workload: {len(requests)} requests, prompt {args.prompt[0]}-{args.prompt[1]}, "
           f"output {args.output[0]}-{args.output[1]} tokens, ignore_eos, seed {args.seed}")  # fmt: skip
     budget = int(args.kv_gib * 2**30)
-    own_options = EngineOptions(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+    own_options = dict(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                 kv_cache_bytes=budget)  # fmt: skip
     own = create_engine("own", spec, Technique(), own_options, "cpu")
     print(f"own technique: {own.technique}")
@@ -110,7 +110,7 @@ def main() -> None:
     if args.skip_hf:
         return
     own.close()
-    hf = create_engine("hf", spec, Technique(), EngineOptions(batch_size=args.hf_batch_size), "cpu")
+    hf = create_engine("hf", spec, Technique(), dict(batch_size=args.hf_batch_size), "cpu")
     print(f"hf technique: {hf.technique}  batch_size={args.hf_batch_size}")
     hf_result = run("hf", hf, requests)
     print(f"own / hf output throughput: {own_result['output_tps'] / hf_result['output_tps']:.2f}x")

@@ -18,8 +18,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from engines import ENGINES
-from engines.base import EngineOptions, Technique
+from engines import ENGINES, options_class
+from engines.base import Technique
 from harness.eval.config import EvalConfig
 from harness.trackers.config import TrackerConfig
 
@@ -68,26 +68,6 @@ class LengthDist(str, enum.Enum):
     fixed = "fixed"
     uniform = "uniform"
     normal = "normal"
-
-
-@dataclass
-class EngineConfig(EngineOptions):
-    name: str = "hf"
-
-    def __post_init__(self) -> None:
-        if self.name not in ENGINES:
-            raise ConfigError(f"engine.name '{self.name}' is unknown; choose one of: {', '.join(sorted(ENGINES))}")
-        for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"engine.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("batch_size", "max_model_len"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"engine.{key} must be >= 1 or null, got {getattr(self, key)}")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ConfigError(f"engine.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-
-    def options(self) -> EngineOptions:
-        return EngineOptions(**{k: getattr(self, k) for k in EngineOptions.__dataclass_fields__})
 
 
 @dataclass
@@ -164,7 +144,7 @@ class ScenarioConfig:
 
 @dataclass
 class Config:
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: Any = None  # the engine's own options class (engines/<name>/config.py), from conf/engine/<name>.yaml
     model: ModelConfig = field(default_factory=ModelConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
@@ -190,8 +170,11 @@ NON_SEMANTIC_KEYS = ("tracker", "store", "reuse", "isolation", "cell_timeout_s")
 
 
 def register() -> None:
+    """The root schema, and each engine's options class as the schema its conf/engine/<name>.yaml extends."""
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
+    for name in ENGINES:
+        cs.store(group="engine_schema", name=name, node=options_class(name))
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -213,11 +196,26 @@ def _unknown_key(path: str, key: str, valid: typing.Iterable[str]) -> ConfigErro
     )
 
 
-def check_key(dotted: str) -> None:
-    """Raise ConfigError if a dotted key is not in the schema. Keys under free-form fields
-    (a dict such as model.architecture, or a scalar, which Hydra checks itself) are not ours to judge."""
-    cls: Any = Config
-    path = ""
+def engine_schema(name: Any) -> type:
+    """The options class an engine's config node must match."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine.name '{name}' is unknown; choose one of: {', '.join(sorted(ENGINES))}")
+    return options_class(name)
+
+
+def check_key(dotted: str, engines: typing.Sequence[str] = ("hf",)) -> None:
+    """Raise ConfigError if a dotted key is not in the schema (an `engine.*` key: in every engine's
+    options that the run selects). Keys under free-form fields (a dict such as model.architecture,
+    or a scalar, which Hydra checks itself) are not ours to judge."""
+    head, _, rest = dotted.partition(".")
+    if head == "engine" and rest:
+        for name in engines:
+            _check_path(rest, engine_schema(name), "engine")
+        return
+    _check_path(dotted, Config, "")
+
+
+def _check_path(dotted: str, cls: Any, path: str) -> None:
     for key in dotted.split("."):
         if not dataclasses.is_dataclass(cls):
             return
@@ -235,27 +233,36 @@ def check_keys(value: Any, cls: type = Config, path: str = "") -> None:
     for key, child in value.items():
         if key not in known:
             raise _unknown_key(path, str(key), known)
-        check_keys(child, known[key], f"{path}.{key}" if path else str(key))
+        if cls is Config and key == "engine" and isinstance(child, dict):
+            check_keys(child, engine_schema(child.get("name")), "engine")
+        else:
+            check_keys(child, known[key], f"{path}.{key}" if path else str(key))
 
 
 def check_overrides(argv: list[str]) -> None:
     """Check the keys of command-line overrides (`key=`, `+key=`, `++key=`) against the schema before
     Hydra starts: Hydra's `+` adds any key to a typed node, and OmegaConf.to_object then drops it."""
+    chosen = [m["names"] for arg in argv if (m := re.match(r"^engine=(?P<names>[\w,]+)$", arg))]
+    engines = chosen[-1].split(",") if chosen else ["hf"]  # conf/config.yaml's default engine
     for arg in argv:
         match = re.match(r"^\+{0,2}(?P<key>[\w.]+)=", arg)
         if match and match["key"].split(".")[0] != "hydra":
-            check_key(match["key"])
+            check_key(match["key"], engines)
 
 
 def load(cfg: DictConfig) -> Config:
-    """Turn a composed config into validated objects (runs every __post_init__)."""
+    """Turn a composed config into validated objects (runs every __post_init__, the engine options' too)."""
     check_keys(OmegaConf.to_container(cfg, resolve=False))  # `+key=` extras would be dropped silently
     try:
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+        config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except ConfigError:
         raise
     except Exception as exc:  # OmegaConf wraps errors raised inside __post_init__
         cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ConfigError):
-            raise cause from None
+        if isinstance(cause, (ConfigError, ValueError)):
+            raise ConfigError(str(cause)) from None
         raise ConfigError(str(exc)) from exc
+    name = getattr(config.engine, "name", None)
+    if not isinstance(config.engine, engine_schema(name)):  # e.g. engine.name=own over conf/engine/hf.yaml
+        raise ConfigError(f"engine '{name}' needs its own options (engine={name}), not {type(config.engine).__name__}")
+    return config

@@ -34,6 +34,7 @@ from engines.base import (
     Technique,
     UnsupportedTechnique,
 )
+from engines.environment import REPO_ROOT
 
 LOG_TAIL_LINES = 40
 CLOSE_GRACE_S = 30.0
@@ -104,10 +105,13 @@ class EngineProcess(Engine):
         self.timeout_s = timeout_s
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         ours, theirs = socket.socketpair()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONUNBUFFERED": "1"}
+        python = options.python or sys.executable
+        # the harness's interpreter sees what we see; another one (an engine's own venv) only the repository
+        paths = sys.path if python == sys.executable else [str(REPO_ROOT)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when the child's torch loads
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engines.worker", str(theirs.fileno()), str(os.getpid())],
+            [python, "-m", "engines.worker", str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
         )  # fmt: skip

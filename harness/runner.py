@@ -20,8 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from engines import ENGINES, engine_class
-from engines.base import Engine, EngineOptions, ModelSpec, UnsupportedTechnique
+from engines import ENGINES, engine_class, options_class
+from engines.base import Engine, ModelSpec, UnsupportedTechnique
 from engines.environment import code_version, hardware_fingerprint, resolve_device
 from engines.worker import start_engine
 from harness import record
@@ -36,7 +36,10 @@ from harness.trackers.secrets import redact_text, scrub_config, secret_values
 def cell_name(config: dict) -> str:
     """engine/model/scenario/workload, then the techniques chosen and the engine options changed."""
     chosen = [f"{k}={v}" for k, v in config["technique"].items() if v is not None]
-    defaults = asdict(EngineOptions())
+    try:
+        defaults = asdict(options_class(config["engine"]["name"])())
+    except ValueError:  # an unknown engine: the cell fails on load with the list of engines
+        defaults = {}
     chosen += [f"{k}={config['engine'][k]}" for k, v in defaults.items()
                if k in config["engine"] and config["engine"][k] != getattr(v, "value", v)]  # fmt: skip
     parts = [config["engine"]["name"], config["model"]["name"], config["scenario"]["name"], config["workload"]["name"]]
@@ -74,7 +77,7 @@ def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, res
     cls = engine_class(config.engine.name)
     technique = cls.resolve_technique(config.technique)
     result["technique_applied"] = {k: getattr(v, "value", v) for k, v in asdict(technique).items()}
-    args = (ENGINES[config.engine.name], spec, technique, config.engine.options(), device, config.threads)
+    args = (ENGINES[config.engine.name][1], spec, technique, config.engine, device, config.threads)
     if config.isolation is Isolation.process:
         engine = EngineProcess(*args, log_path=out_dir / "worker.log", timeout_s=config.cell_timeout_s)
         facts = engine.facts

@@ -80,7 +80,7 @@ def test_random_source_without_architecture_is_refused():
     [
         ("+scenario.repeat=3", "unknown config key 'scenario.repeat' (did you mean 'repeats'?)"),
         ("+workload.input_len.maen=8", "unknown config key 'workload.input_len.maen' (did you mean 'mean'?)"),
-        ("++engine.max_num_seq=8", "did you mean 'max_num_seqs'?"),
+        ("++engine.batch_sise=8", "did you mean 'batch_size'?"),
         ("+threadz=2", "did you mean 'threads'?"),
         ("+eval.mmlu.limt=2", "did you mean 'limit'?"),
     ],
@@ -112,7 +112,18 @@ def test_command_line_overrides_are_checked_before_hydra_starts():
 
 def test_max_model_len_is_an_engine_option_that_defaults_to_the_models_context():
     config = load(compose_config("engine=own", "engine.max_model_len=4096"))
-    assert config.engine.options().max_model_len == 4096
-    assert load(compose_config("engine=hf")).engine.options().max_model_len is None
+    assert config.engine.max_model_len == 4096
+    assert load(compose_config("engine=hf")).engine.max_model_len is None
     with pytest.raises(ConfigError, match="engine.max_model_len must be >= 1 or null"):
         load(compose_config("engine.max_model_len=0"))
+
+
+def test_each_engine_takes_only_the_options_it_honours():
+    own = load(compose_config("engine=own", "engine.block_size=32")).engine
+    assert (type(own).__name__, own.block_size) == ("OwnOptions", 32)
+    hf = load(compose_config("engine=hf")).engine
+    assert type(hf).__name__ == "HfOptions" and not hasattr(hf, "block_size")  # hf has no KV blocks
+    with pytest.raises(ConfigError, match="unknown config key 'engine.block_size'"):
+        check_overrides(["engine=hf", "engine.block_size=32"])
+    with pytest.raises(ConfigError, match="engine.max_num_seqs must be >= 1"):
+        load(compose_config("engine=own", "engine.max_num_seqs=0"))

@@ -10,7 +10,6 @@ import torch
 from engines import create_engine
 from engines.base import (
     Batching,
-    EngineOptions,
     Graphs,
     KVCache,
     ModelSpec,
@@ -19,7 +18,7 @@ from engines.base import (
     Technique,
     UnsupportedTechnique,
 )
-from engines.hf import HFEngine
+from engines.hf.engine import HFEngine
 
 EOS = 2
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village by the sea,", "1, 2, 3,"]
@@ -45,7 +44,7 @@ def reference(smollm2_dir):
 
 def make_engine(smollm2_dir, technique=Technique(), **options) -> HFEngine:
     spec = ModelSpec("smollm2", str(smollm2_dir))
-    return create_engine("hf", spec, technique, EngineOptions(**options), "cpu")
+    return create_engine("hf", spec, technique, options, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +202,9 @@ def test_unsupported_techniques_are_named_and_defaults_are_filled():
 
 def test_random_weights_are_seeded_and_reported():
     spec = ModelSpec("tiny", None, random_config=TINY_LLAMA, seed=5)
-    first = create_engine("hf", spec, Technique(), EngineOptions(), "cpu")
-    second = create_engine("hf", spec, Technique(), EngineOptions(), "cpu")
-    other = create_engine("hf", dataclasses.replace(spec, seed=6), Technique(), EngineOptions(), "cpu")
+    first = create_engine("hf", spec, Technique(), {}, "cpu")
+    second = create_engine("hf", spec, Technique(), {}, "cpu")
+    other = create_engine("hf", dataclasses.replace(spec, seed=6), Technique(), {}, "cpu")
     requests = requests_for([[1, 7, 9, 11]], max_tokens=8, ignore_eos=True)
     tokens = first.generate(requests)[0].token_ids
     assert tokens == second.generate(requests)[0].token_ids
@@ -216,7 +215,7 @@ def test_random_weights_are_seeded_and_reported():
 
 
 def test_generation_ends_at_the_models_context_length():
-    tiny = create_engine("hf", ModelSpec("tiny", None, random_config=TINY_LLAMA), Technique(), EngineOptions(), "cpu")
+    tiny = create_engine("hf", ModelSpec("tiny", None, random_config=TINY_LLAMA), Technique(), {}, "cpu")
     context = TINY_LLAMA["max_position_embeddings"]
     near_end = Request("near-end", [3] * (context - 2), SamplingParams(max_tokens=5, ignore_eos=True))
     output = tiny.generate([near_end])[0]
@@ -241,7 +240,7 @@ def test_stats_report_parameters_kv_bytes_and_memory(smollm2_dir, prompt_ids):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_greedy_tokens_equal_hf_generate_and_peak_memory_is_reported(smollm2_dir, reference, prompt_ids):
     spec = ModelSpec("smollm2", str(smollm2_dir))
-    gpu = create_engine("hf", spec, Technique(), EngineOptions(), "cuda")
+    gpu = create_engine("hf", spec, Technique(), {}, "cuda")
     outputs = gpu.generate(requests_for(prompt_ids, max_tokens=8))
     try:
         expected = hf_generate(reference.to("cuda"), prompt_ids, 8, device="cuda")

@@ -42,7 +42,7 @@ def test_a_dying_engine_process_fails_only_its_cell_with_the_signal_and_log_tail
     assert reason in result["reason"]
     assert (tmp_path / "a" / "worker.log").is_file()
     if fault == "segfault":  # faulthandler wrote the engine's Python stack into the cell's log
-        assert "Segmentation fault" in result["log_tail"] and "engines/fault.py" in result["log_tail"]
+        assert "Segmentation fault" in result["log_tail"] and "engines/fault/engine.py" in result["log_tail"]
     # the harness process lives on: the next cell is measured normally
     row, result = fault_cell(tmp_path, "b")
     assert row["status"] == "ok" and result["metrics"]["total_output_tokens"] == 2 * 3
@@ -51,7 +51,7 @@ def test_a_dying_engine_process_fails_only_its_cell_with_the_signal_and_log_tail
 def test_an_exception_in_the_engine_comes_back_with_its_traceback(tmp_path):
     row, result = fault_cell(tmp_path, "a", "engine.fault=exception", "engine.fault_at=init")
     assert result["reason"] == "RuntimeError: fault engine: injected exception"
-    assert "engines/fault.py" in result["traceback"] and "__init__" in result["traceback"]
+    assert "engines/fault/engine.py" in result["traceback"] and "__init__" in result["traceback"]
 
 
 def test_a_hang_past_cell_timeout_s_is_killed_and_recorded(tmp_path):
@@ -84,12 +84,21 @@ def test_sweep_with_crashing_cells_records_all_six_and_prints_its_summary(tmp_pa
 
 def test_in_process_cells_release_the_engine_memory_on_close(smollm2_dir):
     from engines import create_engine
-    from engines.base import EngineOptions, ModelSpec, Technique
+    from engines.base import ModelSpec, Technique
 
     spec = ModelSpec("smollm2-135m", str(smollm2_dir))
-    for name in ("own", "hf"):
-        engine = create_engine(name, spec, Technique(), EngineOptions(kv_cache_bytes=1 << 24), "cpu")
+    for name, options in (("own", {"kv_cache_bytes": 1 << 24}), ("hf", {})):
+        engine = create_engine(name, spec, Technique(), options, "cpu")
         weights = weakref.ref(engine.model.get_input_embeddings().weight if name == "hf" else engine.model.embed)
         engine.close()
         gc.collect()
         assert weights() is None, f"{name}: close() left the weights alive"
+
+
+def test_engine_python_runs_the_worker_under_another_interpreter_that_sees_only_the_repository(tmp_path):
+    other = Path(sys.executable).with_name("python3")  # a different path: treated as another environment
+    row, result = fault_cell(tmp_path, "a", f"engine.python={other}")
+    assert row["status"] == "ok", result["reason"]
+    missing = tmp_path / "no-such-venv" / "bin" / "python"
+    row, result = fault_cell(tmp_path, "b", f"engine.python={missing}", "reuse=never")
+    assert row["status"] == "failed" and str(missing) in result["reason"]

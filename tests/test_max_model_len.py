@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engines import create_engine
-from engines.base import Attention, EngineOptions, Graphs, KVCache, ModelSpec, Request, SamplingParams, Technique
+from engines.base import Attention, Graphs, KVCache, ModelSpec, Request, SamplingParams, Technique
 
 CONTEXT = 128
 TINY_LLAMA = {
@@ -19,7 +19,8 @@ KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 16 * 4  # K and V x layers x KV heads x head di
 
 
 def engine(name: str, technique: Technique = Technique(), **options):
-    return create_engine(name, SPEC, technique, EngineOptions(**{"kv_cache_bytes": 1 << 22, **options}), "cpu")
+    kv_pool = {"kv_cache_bytes": 1 << 22} if name == "own" else {}
+    return create_engine(name, SPEC, technique, {**kv_pool, **options}, "cpu")
 
 
 def request(request_id: str, prompt_len: int, max_tokens: int) -> Request:
@@ -66,7 +67,7 @@ def test_the_default_kv_budget_and_the_rope_tables_follow_max_model_len():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_block_tables_are_sized_from_max_model_len():
     technique = Technique(attention=Attention.triton, graphs=Graphs.cuda_graphs)
-    options = EngineOptions(kv_cache_bytes=1 << 22, max_num_seqs=2, max_model_len=64)
+    options = dict(kv_cache_bytes=1 << 22, max_num_seqs=2, max_model_len=64)
     tiny = create_engine("own", SPEC, technique, options, "cuda")
     assert tiny.runner.decode_hook.block_tables.shape[1] == 64 // 16
     output = tiny.generate([request("near-end", 60, 20)])[0]

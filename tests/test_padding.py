@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engines.hf_steps import StepRecorder
+from engines.hf.steps import StepRecorder
 from engines.padding import pad_batch, token_budget_batches
 
 

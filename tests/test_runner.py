@@ -20,7 +20,7 @@ register()
 def fake_engine(monkeypatch):
     import fake_engine
 
-    monkeypatch.setitem(engines.ENGINES, "fake", "fake_engine:FakeEngine")
+    monkeypatch.setitem(engines.ENGINES, "fake", ("engines.hf.config:HfOptions", "fake_engine:FakeEngine"))
     fake_engine.CALLS.clear()
     monkeypatch.setattr(fake_engine.FakeEngine, "fail_with", None)
     return fake_engine

@@ -23,7 +23,7 @@ SIXTY_IN_TEN_OUT = ["workload.input_len.mean=60", "workload.output_len.mean=10"]
 def fake_engine(monkeypatch):
     import fake_engine
 
-    monkeypatch.setitem(engines.ENGINES, "fake", "fake_engine:FakeEngine")
+    monkeypatch.setitem(engines.ENGINES, "fake", ("engines.hf.config:HfOptions", "fake_engine:FakeEngine"))
     for attr, value in (("fail_with", None), ("context", None), ("token_s", 0.0)):
         monkeypatch.setattr(fake_engine.FakeEngine, attr, value)
     return fake_engine.FakeEngine

@@ -333,7 +333,7 @@ def test_a_one_repeat_cell_is_measured_recorded_and_logged_offline(tmp_path, mon
     from harness.runner import run_cell
 
     register()
-    monkeypatch.setitem(engines.ENGINES, "fake", "fake_engine:FakeEngine")
+    monkeypatch.setitem(engines.ENGINES, "fake", ("engines.hf.config:HfOptions", "fake_engine:FakeEngine"))
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("config", overrides=["engine.name=fake", "isolation=none", "scenario.repeats=1", "scenario.warmup=0",

@@ -13,7 +13,6 @@ from engines.base import (
     Attention,
     Batching,
     Engine,
-    EngineOptions,
     Graphs,
     KVCache,
     ModelSpec,
@@ -25,6 +24,7 @@ from engines.base import (
     UnsupportedTechnique,
 )
 from engines.own.attention import make_attention
+from engines.own.config import OwnOptions
 from engines.own.kv_pool import (
     allocate_kv_caches,
     default_kv_budget,
@@ -78,7 +78,7 @@ class OwnEngine(Engine):
             raise UnsupportedTechnique("engine 'own': chunked_prefill needs a KV cache (kv_cache=none recomputes all)")
         return resolved
 
-    def __init__(self, model: ModelSpec, technique: Technique, options: EngineOptions, device: str) -> None:
+    def __init__(self, model: ModelSpec, technique: Technique, options: OwnOptions, device: str) -> None:
         self.device = torch.device(device)
         self.technique = technique
         self.options = options

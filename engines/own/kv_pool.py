@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engines.own.config import ModelConfig
+from engines.own.architecture import ModelConfig
 
 CPU_RAM_FRACTION = 0.25  # default CPU pool: at most this share of available RAM
 

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from engines.base import ModelSpec
 from engines.dtypes import torch_dtype
-from engines.own.config import ModelConfig, model_config_from_hf
+from engines.own.architecture import ModelConfig, model_config_from_hf
 from engines.own.model import CausalLM
 from engines.own.rope import cos_sin_table
 

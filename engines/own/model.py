@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.own.attn_metadata import AttnMetadata
-from engines.own.config import ModelConfig
+from engines.own.architecture import ModelConfig
 from engines.own.rope import apply_rope, cos_sin_table
 
 

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from engines.own.config import RopeConfig
+from engines.own.architecture import RopeConfig
 
 
 def inverse_frequencies(rope: RopeConfig, head_dim: int) -> torch.Tensor:

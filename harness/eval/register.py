@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from engines import create_engine
-from engines.base import EngineOptions, ModelSpec, Technique
+from engines.base import ModelSpec, Technique
 from harness.eval.adapter import EngineLM
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class InfermatrixLM(EngineLM):
     ) -> None:
         spec = model_from_arg(str(model), dtype)
         device = engine_device(device)
-        built = create_engine(engine, spec, technique_from_args(technique), EngineOptions(), device)
+        built = create_engine(engine, spec, technique_from_args(technique), {}, device)
         # lm-eval's CLI passes batch_size=1 unless told otherwise; one sequence per engine call
         # would defeat the engine's batching, so 1, "auto" and None mean our default
         size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 1 else DEFAULT_BATCH_SIZE

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engines import create_engine
-from engines.base import EngineOptions, ModelSpec, ScoredSequence, Technique
+from engines.base import ModelSpec, ScoredSequence, Technique
 from harness.eval import EvalConfig, GSM8KConfig, MMLUConfig, evaluate
 
 pytestmark = pytest.mark.slow  # several minutes: four lm-eval runs on CPU
@@ -57,12 +57,12 @@ def runs(model, shared_data, tmp_path_factory):
     """accuracy blocks: hf (the baseline), own (judged against hf), hf with reversed scores."""
     out = tmp_path_factory.mktemp("accuracy")
     blocks = {}
-    hf = create_engine("hf", model, Technique(), EngineOptions(), "cpu")
+    hf = create_engine("hf", model, Technique(), {}, "cpu")
     blocks["hf"] = evaluate(eval_config(shared_data), hf, model, out / "hf", None)
     baseline = {"accuracy": blocks["hf"], "result_path": str(out / "hf" / "result.json")}
     blocks["broken"] = evaluate(eval_config(shared_data, gsm8k=False), ReversedScores(hf), model, out / "broken", baseline)
     hf.close()
-    own = create_engine("own", model, Technique(), EngineOptions(), "cpu")
+    own = create_engine("own", model, Technique(), {}, "cpu")
     blocks["own"] = evaluate(eval_config(shared_data), own, model, out / "own", baseline)
     own.close()
     return blocks

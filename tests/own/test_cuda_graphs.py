@@ -7,7 +7,7 @@ import torch
 
 from engines import create_engine
 from engines.base import (
-    Attention, EngineOptions, Graphs, ModelSpec, Request, SamplingParams, Technique, UnsupportedTechnique,
+    Attention, Graphs, ModelSpec, Request, SamplingParams, Technique, UnsupportedTechnique,
 )  # fmt: skip
 from engines.own.attention import KernelAttention, SdpaAttention
 from engines.own.attn_metadata import build_metadata
@@ -94,7 +94,7 @@ def test_engine_gives_the_same_greedy_tokens_with_and_without_cuda_graphs():
     outputs = {}
     for graphs in (Graphs.eager, Graphs.cuda_graphs):
         technique = Technique(attention=Attention.triton, graphs=graphs)
-        engine = create_engine("own", SPEC, technique, EngineOptions(max_num_seqs=8, kv_cache_bytes=1 << 24), "cuda")
+        engine = create_engine("own", SPEC, technique, dict(max_num_seqs=8, kv_cache_bytes=1 << 24), "cuda")
         outputs[graphs] = [out.token_ids for out in engine.generate(requests)]
         engine.close()
     assert outputs[Graphs.cuda_graphs] == outputs[Graphs.eager]

@@ -9,7 +9,6 @@ import torch
 from engines import create_engine
 from engines.base import (
     Attention,
-    EngineOptions,
     Graphs,
     KVCache,
     ModelSpec,
@@ -36,7 +35,7 @@ FAMILIES = {
 
 def tiny_engine(technique=Technique(), config=TINY, **options) -> OwnEngine:
     spec = ModelSpec("tiny", None, random_config=dict(config), seed=0)
-    return create_engine("own", spec, technique, EngineOptions(kv_cache_bytes=1 << 22, **options), "cpu")
+    return create_engine("own", spec, technique, dict(kv_cache_bytes=1 << 22, **options), "cpu")
 
 
 def greedy(engine, prompts, max_tokens=8, **sampling):
@@ -186,7 +185,7 @@ def test_model_families_match_transformers(family, tmp_path):
     hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
     reference = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, attn_implementation="sdpa").eval()
     reference.save_pretrained(tmp_path)
-    engine = create_engine("own", ModelSpec(family, str(tmp_path)), Technique(), EngineOptions(kv_cache_bytes=1 << 22), "cpu")
+    engine = create_engine("own", ModelSpec(family, str(tmp_path)), Technique(), dict(kv_cache_bytes=1 << 22), "cpu")
     prompt = torch.randint(3, 300, (70,), generator=torch.Generator().manual_seed(1)).tolist()
     scored = engine.score([prompt])[0]
     with torch.inference_mode():

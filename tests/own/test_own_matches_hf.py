@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engines import create_engine
-from engines.base import EngineOptions, ModelSpec, Request, SamplingParams, Technique
+from engines.base import ModelSpec, Request, SamplingParams, Technique
 from engines.own import model_runner
 from own_prompts import text_prompts
 
@@ -58,7 +58,7 @@ def own_run(smollm2_dir, prompts, monkeypatch_module):
 
     monkeypatch_module.setattr(model_runner, "sample", recording_sample)
     engine = create_engine("own", ModelSpec("smollm2", str(smollm2_dir)), Technique(),
-                           EngineOptions(kv_cache_bytes=1 << 30, max_num_batched_tokens=512), "cpu")
+                           dict(kv_cache_bytes=1 << 30, max_num_batched_tokens=512), "cpu")
     params = [SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True) for _ in prompts]
     outputs = engine.generate([Request(f"r{i}", p, s) for i, (p, s) in enumerate(zip(prompts, params))])
     return engine, outputs, [recorded[id(p)] for p in params]

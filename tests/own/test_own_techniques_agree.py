@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engines import create_engine
-from engines.base import Attention, Batching, EngineOptions, KVCache, ModelSpec, Request, SamplingParams, Technique
+from engines.base import Attention, Batching, KVCache, ModelSpec, Request, SamplingParams, Technique
 from own_prompts import text_prompts
 
 NEW_TOKENS = 16
@@ -16,7 +16,7 @@ BASE = Technique(kv_cache=KVCache.paged, batching=Batching.continuous, chunked_p
 
 def run(model_dir, prompts, technique=BASE, new_tokens=NEW_TOKENS, **options):
     options = {"kv_cache_bytes": 1 << 29, "max_num_batched_tokens": 64, **options}
-    engine = create_engine("own", ModelSpec("smollm2", str(model_dir)), technique, EngineOptions(**options), "cpu")
+    engine = create_engine("own", ModelSpec("smollm2", str(model_dir)), technique, options, "cpu")
     requests = [Request(f"r{i}", p, SamplingParams(max_tokens=new_tokens, ignore_eos=True)) for i, p in enumerate(prompts)]
     outputs = engine.generate(requests)
     assert all(o.finish_reason == "length" for o in outputs), [o.error for o in outputs]

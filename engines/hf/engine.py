@@ -23,7 +23,6 @@ from engines.base import (
     Attention,
     Batching,
     Engine,
-    EngineOptions,
     Graphs,
     KVCache,
     ModelSpec,
@@ -35,8 +34,9 @@ from engines.base import (
     now,
 )
 from engines.dtypes import torch_dtype
+from engines.hf.config import HfOptions
 from engines.memory import release_memory
-from engines.hf_steps import StepRecorder
+from engines.hf.steps import StepRecorder
 from engines.padding import pad_batch, token_budget_batches
 from engines.validation import checked_sequences, output_id, prompt_len, request_error
 
@@ -95,7 +95,7 @@ class HFEngine(Engine):
         "graphs": Graphs.eager,
     }
 
-    def __init__(self, model: ModelSpec, technique: Technique, options: EngineOptions, device: str):
+    def __init__(self, model: ModelSpec, technique: Technique, options: HfOptions, device: str):
         from transformers import GenerationConfig
 
         self.spec = model

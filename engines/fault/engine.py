@@ -18,9 +18,6 @@ from engines.base import (
     Attention,
     Batching,
     Engine,
-    EngineOptions,
-    Fault,
-    FaultAt,
     Graphs,
     KVCache,
     ModelSpec,
@@ -31,6 +28,7 @@ from engines.base import (
     Technique,
     now,
 )
+from engines.fault.config import Fault, FaultAt, FaultOptions
 from engines.validation import request_error
 
 
@@ -59,7 +57,7 @@ class FaultEngine(Engine):
         "prefix_cache": False, "attention": Attention.torch, "graphs": Graphs.eager,
     }  # fmt: skip
 
-    def __init__(self, model: ModelSpec, technique: Technique, options: EngineOptions, device: str) -> None:
+    def __init__(self, model: ModelSpec, technique: Technique, options: FaultOptions, device: str) -> None:
         self.fault = Fault(options.fault)
         self.vocab_size = int((model.random_config or {}).get("vocab_size", 1 << 31))
         if FaultAt(options.fault_at) is FaultAt.init:

@@ -1,0 +1,1 @@
+"""Hugging Face transformers `generate` with static batches: the plain-PyTorch baseline."""
