@@ -162,6 +162,14 @@ class RequestOutput:
 
 
 @dataclass(slots=True)
+class Arrivals:
+    """When requests reach the engine: set by the serving scenario, never by the engine."""
+
+    offsets_s: list[float]  # per request, seconds after serve() starts, in request order
+    max_concurrency: int | None = None  # at most this many in flight: a due request also waits for a free slot
+
+
+@dataclass(slots=True)
 class ScoredSequence:
     """log p(token[i] | token[:i]) for i >= 1, and whether token[i] was the argmax."""
 
@@ -204,6 +212,14 @@ class Engine(ABC):
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         """Run all requests to completion; outputs in request order. A bad request gets
         finish_reason="error" with a message, and the others still run."""
+
+    def serve(
+        self, requests: Sequence[Request], arrivals: Arrivals, progress: ProgressFn | None = None
+    ) -> list[RequestOutput]:
+        """Online serving: each request is submitted at its arrival time (or later, when it waited for a
+        concurrency slot) and `arrival_time` records when; tokens that reach the host together (one
+        engine step, one HTTP chunk) share one timestamp. Engines with a serving loop override this."""
+        raise UnsupportedTechnique(f"engine '{self.name}' has no serving loop (scenario=serving needs one)")
 
     @abstractmethod
     def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
