@@ -111,12 +111,15 @@ class WorkloadConfig:
     seed: int = 0
     ignore_eos: bool = True  # lengths are exact, as in vLLM's random dataset
     temperature: float = 0.0
+    shared_prefix_len: int = 0  # tokens every prompt of a run starts with (a system prompt, few-shot examples)
 
     def __post_init__(self) -> None:
         self.input_len.check("workload.input_len")
         self.output_len.check("workload.output_len")
         if self.temperature < 0:
             raise ConfigError(f"workload.temperature must be >= 0, got {self.temperature}")
+        if self.shared_prefix_len < 0:
+            raise ConfigError(f"workload.shared_prefix_len must be >= 0, got {self.shared_prefix_len}")
 
 
 @dataclass

@@ -57,12 +57,14 @@ def sample_lengths(spec: Lengths, n: int, rng: np.random.Generator) -> list[int]
 
 def synthesize(cfg: WorkloadConfig, num_requests: int, vocab_size: int, special_ids: set[int], seed: int) -> Workload:
     """`seed` is separate from cfg.seed so warm-up and each repeat get fresh prompts (a prefix
-    cache must not turn repeat 2 into a cache hit of repeat 1)."""
+    cache must not turn repeat 2 into a cache hit of repeat 1). With shared_prefix_len, every prompt
+    of the run is that shared prefix followed by its own input_len tokens."""
     rng = np.random.default_rng([cfg.seed, seed])
     allowed = np.setdiff1d(np.arange(vocab_size), np.fromiter(special_ids, dtype=np.int64))
     in_lens = sample_lengths(cfg.input_len, num_requests, rng)
     out_lens = sample_lengths(cfg.output_len, num_requests, rng)
-    prompts = [rng.choice(allowed, size=n).tolist() for n in in_lens]
+    shared = rng.choice(allowed, size=cfg.shared_prefix_len).tolist()  # fresh per run, like the rest
+    prompts = [shared + rng.choice(allowed, size=n).tolist() for n in in_lens]
     return Workload(prompts=prompts, output_lens=out_lens, seed=seed)
 
 

@@ -40,3 +40,11 @@ def test_requests_carry_lengths_and_ignore_eos():
     reqs = requests(w, cfg, "r0")
     assert [r.request_id for r in reqs] == ["r0-0", "r0-1", "r0-2"]
     assert all(r.sampling.max_tokens == 4 and r.sampling.ignore_eos for r in reqs)
+
+
+def test_a_shared_prefix_starts_every_prompt_of_a_run_and_changes_between_runs():
+    cfg = WorkloadConfig(input_len=Lengths(mean=5), shared_prefix_len=12)
+    run = synthesize(cfg, 4, 1000, SPECIAL, seed=0)
+    assert [len(p) for p in run.prompts] == [17] * 4
+    assert len({tuple(p[:12]) for p in run.prompts}) == 1 and len({tuple(p[12:]) for p in run.prompts}) == 4
+    assert synthesize(cfg, 4, 1000, SPECIAL, seed=1).prompts[0][:12] != run.prompts[0][:12]  # no cross-repeat hits
