@@ -4,7 +4,8 @@
   same folder, fsynced, then renamed over the target.
 - `results.jsonl` (one flattened row per cell): appended under an exclusive lock (on a sidecar
   `.lock` file), one whole line per write; `pandas.read_json(path, lines=True)` reads it. A sweep's
-  own table keeps one row per job: rerunning into the same sweep folder replaces the job's row.
+  own table keeps one row per job folder: rerunning into the same sweep folder replaces the job's row
+  (keyed by folder, not job number: every task of a SLURM array is job 0 of its own one-cell run).
 - `locks/<config hash>.lock` in the store: held while a cell is measured, so two processes never
   measure the same cell at once (the kernel releases it if the holder dies).
 """
@@ -79,6 +80,7 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
         "config_hash": result["config_hash"],
         "sweep_id": result.get("sweep_id"),
         "job_num": result.get("job_num"),
+        "job_dir": result.get("job_dir"),
         "engine": config.get("engine", {}).get("name"),
         "model": config.get("model", {}).get("name"),
         "scenario": config.get("scenario", {}).get("name"),
@@ -145,7 +147,7 @@ def append_row(table: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def replace_row(table: Path, row: dict[str, Any], key: str = "job_num") -> None:
+def replace_row(table: Path, row: dict[str, Any], key: str = "job_dir") -> None:
     """Write `row` in place of the row with the same `key` value, else at the end (atomically: a crash
     keeps the old table)."""
     with _table_lock(table):

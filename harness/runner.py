@@ -125,7 +125,8 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
     store = Path(cfg.store)
     result: dict[str, Any] = {
         "schema": record.SCHEMA, "status": "failed", "reason": None, "cell": cell_name(resolved),
-        "sweep_id": sweep_id, "job_num": job_num, "config": scrub_config(resolved), "config_hash": chash,
+        "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir), "config": scrub_config(resolved),
+        "config_hash": chash,
         "code_version": code_version(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }  # fmt: skip
     try:
@@ -142,7 +143,7 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
             if done := record.reusable(store / record.TABLE_NAME, chash, result["hardware_id"], code):
                 print(f"[infermatrix] {done['cell']}: already measured ({done['result_path']}, code "
                       f"{done.get('code_version')}); reuse=never measures it again")  # fmt: skip
-                reused = {**done, "reused": True, "sweep_id": sweep_id, "job_num": job_num}
+                reused = {**done, "reused": True, "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir)}
                 record.replace_row(sweep_dir / record.TABLE_NAME, reused)
                 return reused
         try:

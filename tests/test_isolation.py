@@ -55,9 +55,9 @@ def test_an_exception_in_the_engine_comes_back_with_its_traceback(tmp_path):
 
 
 def test_a_hang_past_cell_timeout_s_is_killed_and_recorded(tmp_path):
-    row, result = fault_cell(tmp_path, "a", "engine.fault=hang", "cell_timeout_s=15")
+    row, result = fault_cell(tmp_path, "a", "engine.fault=hang", "cell_timeout_s=30")
     assert row["status"] == "failed"
-    assert "cell timed out (cell_timeout_s=15) during generate; its process was killed" in result["reason"]
+    assert "cell timed out (cell_timeout_s=30) during generate; its process was killed" in result["reason"]
     assert "technique_applied" in result and result["environment"]["device"] == "cpu"  # learned before the hang
 
 
@@ -68,7 +68,7 @@ def test_an_unsupported_technique_found_inside_the_engine_process_is_skipped(tmp
 
 def test_sweep_with_crashing_cells_records_all_six_and_prints_its_summary(tmp_path):
     faults = "none,exception,segfault,oom_kill,hang,exit"
-    cmd = [sys.executable, "-m", "harness.cli", "-m", "engine=fault", f"engine.fault={faults}", "cell_timeout_s=15",
+    cmd = [sys.executable, "-m", "harness.cli", "-m", "engine=fault", f"engine.fault={faults}", "cell_timeout_s=30",
            *TINY, f"store={tmp_path / 'store'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]  # every cell recorded; some failed
@@ -77,7 +77,7 @@ def test_sweep_with_crashing_cells_records_all_six_and_prints_its_summary(tmp_pa
     rows = [json.loads(line) for line in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
     assert [r["cell"].rsplit("/", 1)[-1] for r in rows] == ["fixed"] + [f"fault={f}" for f in faults.split(",")[1:]]
     summary = proc.stdout[proc.stdout.index("Sweep summary"):]
-    for text in ("injected exception", "SIGSEGV", "SIGKILL", "cell_timeout_s=15", "status 3"):
+    for text in ("injected exception", "SIGSEGV", "SIGKILL", "cell_timeout_s=30", "status 3"):
         assert text in summary
     assert "5 cell(s) failed" in proc.stderr
 

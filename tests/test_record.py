@@ -55,9 +55,9 @@ def test_reusable_needs_the_same_hardware_and_unless_told_otherwise_the_same_cod
 
 def test_replace_row_keeps_one_row_per_job_in_job_order(tmp_path):
     table = tmp_path / record.TABLE_NAME
-    for job, value in ((0, "a"), (1, "b"), (0, "c")):
-        record.replace_row(table, {"job_num": job, "value": value})
-    assert [(r["job_num"], r["value"]) for r in record.read_rows(table)] == [(0, "c"), (1, "b")]
+    for job, value in (("sweep/0", "a"), ("sweep/1", "b"), ("sweep/0", "c")):
+        record.replace_row(table, {"job_dir": job, "value": value})
+    assert [(r["job_dir"], r["value"]) for r in record.read_rows(table)] == [("sweep/0", "c"), ("sweep/1", "b")]
 
 
 def test_pandas_reads_the_table_in_one_line(tmp_path):

@@ -84,5 +84,5 @@ def test_rerunning_into_the_same_sweep_folder_keeps_one_row_per_job(tmp_path):
     cell(tmp_path, "0", "reuse=never", job=0)
     cell(tmp_path, "1", "workload.output_len.mean=4", job=1)  # reused
     rows = list(record.read_rows(tmp_path / "sweep" / record.TABLE_NAME))
-    assert sorted(r["job_num"] for r in rows) == [0, 1]
+    assert sorted(Path(r["job_dir"]).name for r in rows) == ["0", "1"]
     assert len(list(record.read_rows(tmp_path / "store" / record.TABLE_NAME))) == 3  # the store keeps history
