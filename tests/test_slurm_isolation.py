@@ -124,8 +124,9 @@ def test_two_jobs_running_the_same_cell_at_once_measure_it_once(tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX)
         lock.write("the test")
         lock.flush()
-        submit = ["sbatch", "--parsable", "--wait", "--array=1-2", "--gres=none", "--cpus-per-task=1", "--mem=2G",
-                  "--time=10", f"--output={tmp_path}/task-%a.out", str(SBATCH), str(cells), *extra]  # fmt: skip
+        submit = ["sbatch", "--parsable", "--wait", "--array=1-2", "--gres=none", "--cpus-per-task=1",
+                  "--mem=2G", "--time=10", f"--output={tmp_path}/task-%a.out", str(SBATCH), str(cells),
+                  *extra]  # fmt: skip
         env = job_env(tmp_path, INFERMATRIX_SWEEP_DIR=str(tmp_path / "sweep"))
         sbatch = subprocess.Popen(submit, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
