@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from harness.config import register
+from harness.config import Config, register
 from harness.report import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,12 @@ def test_a_task_beyond_the_cells_file_fails_with_a_message(tmp_path, fake_inferm
 
     assert done.returncode == 2 and "has no cell number 2" in done.stderr
     assert done.stdout == ""
+
+
+def test_sweep_sbatch_time_limit_lets_the_default_cell_timeout_fire_first():
+    # a hung cell is then killed and recorded by the harness, not lost with the whole task
+    h, m, s = map(int, re.search(r"^#SBATCH --time=(\d+):(\d+):(\d+)$", SBATCH.read_text(), re.M).groups())
+    assert (h * 3600 + m * 60 + s) - Config().cell_timeout_s >= 300
 
 
 def slurm_node_idle() -> bool:
