@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import typing
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -234,13 +235,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, An
     p.add_argument("--key-env", default=None, help="env var holding the API key clients must send")
     for f in dataclasses.fields(Technique):
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"technique.{f.name}", default=None)
-    defaults = options_class(engine_name)()
-    for f in dataclasses.fields(defaults):
+    cls = options_class(engine_name)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         if f.name in ("name", "python"):
             continue
-        value = getattr(defaults, f.name)
-        kind = type(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"option.{f.name}", type=kind, default=None)
+        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        kind = next((k for k in (bool, int, float) if k in kinds), str)
+        parse = (lambda v: v.lower() in ("1", "true", "on", "yes")) if kind is bool else kind
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"option.{f.name}", type=parse, default=None)
     args = p.parse_args(argv)
     options = {k[7:]: v for k, v in vars(args).items() if k.startswith("option.") and v is not None}
     technique = {k[10:]: v for k, v in vars(args).items() if k.startswith("technique.") and v is not None}
