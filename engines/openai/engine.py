@@ -72,7 +72,8 @@ class OpenaiEngine(Engine):
         try:
             data = self.get_json(f"{self.url}/models").get("data") or []
         except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{self.url}/models: {error_message(exc.code, exc.read().decode(errors='replace'))}")
+            body = exc.read().decode(errors="replace")
+            raise RuntimeError(f"{self.url}/models: {error_message(exc.code, body)}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise RuntimeError(f"no OpenAI-compatible server answers at {self.url} ({exc}); start one or set "
                                "engine.server_command") from None  # fmt: skip
@@ -92,14 +93,18 @@ class OpenaiEngine(Engine):
     def generate(self, requests: Seq[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         return self.serve(requests, Arrivals([0.0] * len(requests), self.options.max_concurrency), progress)
 
-    def serve(self, requests: Seq[Request], arrivals: Arrivals, progress: ProgressFn | None = None) -> list[RequestOutput]:
+    def serve(
+        self, requests: Seq[Request], arrivals: Arrivals, progress: ProgressFn | None = None
+    ) -> list[RequestOutput]:
         if len(arrivals.offsets_s) != len(requests):
             raise ValueError(f"{len(arrivals.offsets_s)} arrival offsets for {len(requests)} requests")
         if not requests:
             return []
         return asyncio.run(self._serve(list(requests), arrivals, progress))
 
-    async def _serve(self, requests: list[Request], arrivals: Arrivals, progress: ProgressFn | None) -> list[RequestOutput]:
+    async def _serve(
+        self, requests: list[Request], arrivals: Arrivals, progress: ProgressFn | None
+    ) -> list[RequestOutput]:
         slots = asyncio.Semaphore(arrivals.max_concurrency or len(requests))
         url = f"{self.url}/completions"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -144,7 +149,8 @@ class OpenaiEngine(Engine):
             return [], [], None
         if all(ids is not None for ids in got.ids):
             ids = [t for chunk in got.ids for t in chunk]  # type: ignore[union-attr]
-            return ids, [s for chunk, s in zip(got.ids, got.times) for _ in chunk], "server_token_ids"  # type: ignore[arg-type]
+            times = [s for chunk, s in zip(got.ids, got.times) for _ in chunk]  # type: ignore[union-attr]
+            return ids, times, "server_token_ids"
         tok = self.tokenizer()
         if tok is None:
             return [-1] * len(got.texts), list(got.times), "chunks"

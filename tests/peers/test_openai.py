@@ -58,7 +58,7 @@ def server(smollm2_dir, serve_key, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engines.own.server", "--model-dir", str(smollm2_dir), "--port", "0",
+            [sys.executable, "-m", "engines.own.serve_cli", "--model-dir", str(smollm2_dir), "--port", "0",
              "--key-env", KEY_ENV, *SERVER_OPTIONS],
             stdout=out, stderr=subprocess.STDOUT, env=env_with_repo(**{KEY_ENV: serve_key}), start_new_session=True,
         )  # fmt: skip
@@ -163,7 +163,7 @@ def test_a_wrong_key_is_refused_by_the_server(server, smollm2_dir, monkeypatch):
 
 def test_server_command_starts_the_server_and_close_stops_it(smollm2_dir, prompts):
     port = free_port()
-    command = [sys.executable, "-m", "engines.own.server", "--model-dir", str(smollm2_dir), "--port", str(port),
+    command = [sys.executable, "-m", "engines.own.serve_cli", "--model-dir", str(smollm2_dir), "--port", str(port),
                *SERVER_OPTIONS]  # fmt: skip
     engine = create_engine("openai", ModelSpec("smollm2", str(smollm2_dir)), Technique(),
                            {"base_url": f"http://127.0.0.1:{port}/v1", "server_command": command,
