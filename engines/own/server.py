@@ -203,7 +203,9 @@ class Handler(BaseHTTPRequestHandler):
                                                   "total_tokens": len(prompt)}})  # fmt: skip
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # listen backlog: a burst of connections must not wait on SYN retries (default 5)
+
+
 def make_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"app": app})
-    ThreadingHTTPServer.request_queue_size = 1024  # a burst of connections must not wait on SYN retries
-    return ThreadingHTTPServer((host, port), handler)
+    return Server((host, port), type("BoundHandler", (Handler,), {"app": app}))
