@@ -18,6 +18,7 @@ ENGINES: dict[str, tuple[str, str]] = {
     "hf": ("engines.hf.config:HfOptions", "engines.hf.engine:HFEngine"),
     "own": ("engines.own.config:OwnOptions", "engines.own.engine:OwnEngine"),
     "fault": ("engines.fault.config:FaultOptions", "engines.fault.engine:FaultEngine"),
+    "openai": ("engines.openai.config:OpenaiOptions", "engines.openai.engine:OpenaiEngine"),
 }
 
 
