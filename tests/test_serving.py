@@ -196,11 +196,11 @@ def test_requests_arrive_spread_out_as_scheduled():
     assert arrivals[0] - start == pytest.approx(0.0, abs=0.03)
     for o, offset in zip(outs, offsets):
         assert submitted[o.request_id] >= start + offset  # never early
-        assert submitted[o.request_id] - o.arrival_time < 0.05  # and late only by the step it waited for
+        assert submitted[o.request_id] - o.arrival_time < 0.1  # and late only by the step it waited for
         assert o.token_times[0] > submitted[o.request_id] and len(o.token_ids) == 3
     assert time.perf_counter() - start >= 0.6
     stats = engine.stats()
-    assert stats["serve_submit_lag_ms_max"] < 50
+    assert stats["serve_submit_lag_ms_max"] < 100
 
 
 def test_max_concurrency_is_never_exceeded_and_waiting_requests_arrive_when_a_slot_frees():
