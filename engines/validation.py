@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engines.base import Request, SamplingParams, is_int, show
+from engines.base import Arrivals, Request, SamplingParams, is_finite_real, is_int, show
 
 
 def request_error(
@@ -93,3 +93,20 @@ def checked_sequences(sequences: Any, vocab_size: int, max_model_len: int | None
             raise ValueError(f"score: {error}")
         checked.append([int(t) for t in seq])
     return checked
+
+
+def check_arrivals(arrivals: Any, num_requests: int) -> None:
+    """Raise ValueError unless `arrivals` gives one finite offset >= 0 per request and a concurrency
+    limit that is None or an int >= 1 (a bad schedule is the caller's error, not one request's)."""
+    if not isinstance(arrivals, Arrivals):
+        raise ValueError(f"serve: arrivals must be an Arrivals, got {show(arrivals)}")
+    offsets = arrivals.offsets_s
+    if not isinstance(offsets, (list, tuple)) or len(offsets) != num_requests:
+        raise ValueError(f"serve: arrivals.offsets_s must be a list of {num_requests} offsets (one per request), "
+                         f"got {show(offsets)}")  # fmt: skip
+    bad = [o for o in offsets if not is_finite_real(o) or o < 0]
+    if bad:
+        raise ValueError(f"serve: arrival offsets must be finite numbers >= 0 (seconds), e.g. not {show(bad[0])}")
+    limit = arrivals.max_concurrency
+    if limit is not None and (not is_int(limit) or limit < 1):
+        raise ValueError(f"serve: arrivals.max_concurrency must be None or an int >= 1, got {show(limit)}")

@@ -49,6 +49,8 @@ def serve(conn: Connection) -> None:
                 engine, value = start_engine(*args)
             elif method == "generate":
                 value = engine.generate(args[0], progress=lambda n: conn.send(("progress", n)))
+            elif method == "serve":
+                value = engine.serve(args[0], args[1], progress=lambda n: conn.send(("progress", n)))
             elif method == "memory_start":
                 monitor = engine.memory_monitor(args[0]).__enter__()
                 value = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -62,6 +63,12 @@ class Reuse(str, enum.Enum):
 class ScenarioName(str, enum.Enum):
     latency = "latency"  # a fixed batch, fixed lengths, repeated
     throughput = "throughput"  # many requests with seeded lengths, submitted at once
+    serving = "serving"  # online: requests arrive over time at request_rate (engine.serve)
+
+
+class ArrivalProcess(str, enum.Enum):
+    poisson = "poisson"  # exponential gaps (gamma with shape 1)
+    gamma = "gamma"  # gamma gaps of shape `burstiness` (vLLM's benchmark): < 1 burstier, > 1 more regular
 
 
 class LengthDist(str, enum.Enum):
@@ -123,13 +130,47 @@ class WorkloadConfig:
 
 
 @dataclass
+class SLOConfig:
+    """Service-level objectives of the serving scenario; a request is *good* when it meets every one that
+    is set (null = not set). Goodput = good requests per second of the measured window."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+    target: float = 0.9  # the report's "highest rate meeting the SLOs": goodput fraction >= this
+
+    def check(self) -> None:
+        for key in ("ttft_ms", "tpot_ms", "e2el_ms"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"scenario.slo.{key} must be > 0 or null, got {value}")
+        if not 0 < self.target <= 1:
+            raise ConfigError(f"scenario.slo.target must be in (0, 1], got {self.target}")
+
+    def describe(self) -> str:
+        set_ = [f"{name} <= {getattr(self, key):g} ms" for key, name in SLO_NAMES if getattr(self, key) is not None]
+        return ", ".join(set_) or "no SLO set (every completed request is good)"
+
+
+SLO_NAMES = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2el_ms", "E2EL"))
+
+
+@dataclass
 class ScenarioConfig:
     name: ScenarioName = ScenarioName.latency
     batch_size: int = 1  # latency: requests in the measured batch
-    num_requests: int = 32  # throughput: requests submitted at once per repeat
+    num_requests: int = 32  # throughput: requests submitted at once per repeat; serving: requests per repeat
     warmup: int = 1  # runs before measuring, not recorded
     repeats: int = 5  # measured runs at least; >= 2 gives a Student-t 95% CI (>= 3 for a usable width)
     min_duration_s: float = 0.0  # and repeat until the measured runs add up to this (MLPerf's minimum duration)
+    # serving only (SERVING_KEYS: left out of other scenarios' config hash)
+    request_rate: float = math.inf  # requests/s of the arrival process; inf = all at once
+    arrival: ArrivalProcess = ArrivalProcess.poisson
+    burstiness: float = 1.0  # gamma shape (arrival=gamma); poisson is burstiness 1
+    max_concurrency: int | None = None  # at most this many requests in flight (null = unlimited)
+    warmup_requests: int = 0  # the first N submitted requests of each run are not measured
+    cooldown_requests: int = 0  # nor the last N
+    slo: SLOConfig = field(default_factory=SLOConfig)
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "num_requests", "repeats"):
@@ -139,10 +180,41 @@ class ScenarioConfig:
             raise ConfigError(f"scenario.warmup must be >= 0, got {self.warmup}")
         if self.min_duration_s < 0:
             raise ConfigError(f"scenario.min_duration_s must be >= 0, got {self.min_duration_s}")
+        if math.isnan(self.request_rate) or self.request_rate <= 0:
+            raise ConfigError(f"scenario.request_rate must be > 0 (inf = all at once), got {self.request_rate}")
+        if not (math.isfinite(self.burstiness) and self.burstiness > 0):
+            raise ConfigError(f"scenario.burstiness must be > 0, got {self.burstiness}")
+        if self.arrival is ArrivalProcess.poisson and self.burstiness != 1.0:
+            raise ConfigError(f"scenario.burstiness={self.burstiness:g} needs scenario.arrival=gamma "
+                              "(poisson is gamma with burstiness 1)")  # fmt: skip
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ConfigError(f"scenario.max_concurrency must be >= 1 or null, got {self.max_concurrency}")
+        for key in ("warmup_requests", "cooldown_requests"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"scenario.{key} must be >= 0, got {getattr(self, key)}")
+        if self.name is ScenarioName.serving and self.warmup_requests + self.cooldown_requests >= self.num_requests:
+            raise ConfigError(
+                f"scenario.warmup_requests ({self.warmup_requests}) + cooldown_requests ({self.cooldown_requests}) "
+                f"leave none of num_requests={self.num_requests} to measure"
+            )
+        self.slo.check()
 
     @property
     def requests_per_repeat(self) -> int:
         return self.batch_size if self.name is ScenarioName.latency else self.num_requests
+
+    @property
+    def measured_window(self) -> slice:
+        """Which requests of a run (in submission order) the metrics cover."""
+        if self.name is not ScenarioName.serving:
+            return slice(None)
+        return slice(self.warmup_requests, self.num_requests - self.cooldown_requests)
+
+
+# Scenario keys only the serving scenario reads: dropped from other scenarios' config hash, so adding
+# them did not change the hash (and reuse) of latency and throughput cells.
+SERVING_KEYS = ("request_rate", "arrival", "burstiness", "max_concurrency", "warmup_requests",
+                "cooldown_requests", "slo")  # fmt: skip
 
 
 @dataclass

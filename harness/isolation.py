@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from engines.base import (
+    Arrivals,
     Engine,
     EngineOptions,
     ModelSpec,
@@ -167,6 +168,9 @@ class EngineProcess(Engine):
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         return self.call("generate", list(requests), progress=progress)
+
+    def serve(self, requests: Sequence[Request], arrivals: Arrivals, progress: ProgressFn | None = None) -> list[RequestOutput]:
+        return self.call("serve", list(requests), arrivals, progress=progress)
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
         return self.call("score", [list(s) for s in sequences])

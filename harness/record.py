@@ -94,6 +94,8 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
     }
     row.update(flatten(result.get("technique_applied") or config.get("technique", {}), "technique."))
     row.update(flatten(result.get("metrics", {})))
+    serving = {k: v for k, v in (result.get("serving") or {}).items() if k != "schedules"}
+    row.update(flatten(serving, "serving."))
     row.update(flatten(result.get("ci95") or {}, "ci95."))
     row.update(accuracy_columns(result.get("accuracy") or {}))
     row.update(flatten(result.get("tracker", {}), "tracker."))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +148,11 @@ def summarize(df: pd.DataFrame, baseline: str | None = None, code: str | None = 
         ("status", lambda r: str(r.get("status"))),
         *[(header, lambda r, c=column: _fmt(_number(r, c))) for header, column in LATENCIES],
         ("out tok/s [95% CI]", _throughput_text),
+        *(
+            [("goodput req/s", lambda r: _fmt(_number(r, "goodput_req_s"), ".2f")),
+             ("good %", lambda r: _fmt(None if (f := _number(r, "goodput_fraction")) is None else 100 * f, ".0f"))]
+            if any(_number(row, "goodput_fraction") is not None for row in rows) else []
+        ),  # fmt: skip
         ("CV", _cv_text),
         ("peak MB", lambda r: _fmt(None if (b := _number(r, "peak_memory_bytes")) is None else b / 1e6)),
         *(
@@ -173,6 +179,71 @@ def summarize(df: pd.DataFrame, baseline: str | None = None, code: str | None = 
     if any((cv := _max_cv(row)) is not None and cv > NOISY_CV for row in rows if row.get("status") == "ok"):
         out.append(f"CV = std / mean over repeats, largest of the headline figures; '!' above {NOISY_CV:.0%}: "
                    "a noisy machine, so intervals and speedups are less trustworthy")  # fmt: skip
+    return "\n".join(out)
+
+
+GOODPUT_TARGET = 0.9  # default goodput fraction a rate must reach to "meet the SLOs"
+_RATE_PART = re.compile(r"(?:^|,)rate=[^,/]+")
+
+
+def _rate(row: dict[str, Any]) -> float | None:
+    """A serving row's offered request rate (inf for all at once), or None."""
+    value = row.get("serving.request_rate")
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _without_rate(cell: str) -> str:
+    """The cell's name with its `rate=` part removed: the cells of one rate sweep share it."""
+    head, _, options = cell.rpartition("/")
+    options = _RATE_PART.sub("", options).lstrip(",")
+    return f"{head}/{options}" if options else head
+
+
+def _rate_text(rate: float) -> str:
+    return "inf" if math.isinf(rate) else f"{rate:g}"
+
+
+def slo_rates(df: pd.DataFrame, target: float | None = None) -> list[dict[str, Any]]:
+    """Per configuration (a cell name without its rate) of the ok serving cells: each measured rate with its
+    goodput, and the highest rate whose goodput fraction is >= the target (the row's `serving.slo.target`
+    unless `target` is given): the highest rate meeting the SLOs, or None when no rate does."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in _rows(df) if not df.empty else []:
+        if row.get("status") == "ok" and _rate(row) is not None and _number(row, "goodput_fraction") is not None:
+            groups.setdefault(_without_rate(str(row.get("cell"))), []).append(row)
+    found = []
+    for name, rows in groups.items():
+        rows.sort(key=lambda r: _rate(r))
+        goal = target if target is not None else (_number(rows[0], "serving.slo.target") or GOODPUT_TARGET)
+        meeting = [r for r in rows if _number(r, "goodput_fraction") >= goal]
+        found.append({
+            "config": name,
+            "target": goal,
+            "slo": rows[0].get("serving.slo.text"),
+            "rates": [(_rate(r), _number(r, "goodput_fraction"), _number(r, "goodput_req_s")) for r in rows],
+            "highest_rate": _rate(meeting[-1]) if meeting else None,
+        })  # fmt: skip
+    return found
+
+
+def slo_summary(df: pd.DataFrame, target: float | None = None) -> str:
+    """The goodput of every measured rate per configuration, and the highest rate meeting the SLOs
+    ("" when the table has no ok serving cell)."""
+    out = []
+    for found in slo_rates(df, target):
+        out.append(f"Goodput per request rate, {found['config']} (SLOs: {found['slo']}; "
+                   f"meeting them = goodput fraction >= {found['target']:.0%}):")  # fmt: skip
+        for rate, fraction, goodput in found["rates"]:
+            mark = "meets" if fraction >= found["target"] else "misses"
+            out.append(f"  rate {_rate_text(rate):>6} req/s: goodput {goodput:.2f} req/s, "
+                       f"{fraction:.0%} of requests good ({mark})")  # fmt: skip
+        best = found["highest_rate"]
+        out.append(f"  highest rate meeting the SLOs: {_rate_text(best) + ' req/s' if best is not None else 'none'}"
+                   + (f" (of {len(found['rates'])} measured)" if best is not None else
+                      f" (no measured rate reaches {found['target']:.0%}; try lower rates)"))  # fmt: skip
     return "\n".join(out)
 
 
@@ -222,10 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", help="a results.jsonl, or a folder holding one (a sweep folder or the store)")
     parser.add_argument("--baseline", metavar="CELL", help="cell to compare against (default: the first ok cell)")
     parser.add_argument("--plots", metavar="DIR", help="also write throughput and latency bar charts to DIR")
+    parser.add_argument("--goodput-target", type=float, metavar="FRACTION",
+                        help="serving sweeps: the goodput fraction a rate must reach to meet the SLOs "
+                             "(default: each cell's scenario.slo.target)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         df = load_results(args.results)
         print(summarize(df, args.baseline))
+        if rates := slo_summary(df, args.goodput_target):
+            print(rates)
     except (FileNotFoundError, ValueError) as exc:
         print(f"infermatrix-report: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,17 @@ from engines.base import Engine, ModelSpec, UnsupportedTechnique
 from engines.environment import code_version, hardware_fingerprint, resolve_device
 from engines.worker import start_engine
 from harness import record
-from harness.config import NON_SEMANTIC_KEYS, Config, ConfigError, Isolation, Reuse, load
+from harness.config import (
+    NON_SEMANTIC_KEYS,
+    SERVING_KEYS,
+    Config,
+    ConfigError,
+    Isolation,
+    Reuse,
+    ScenarioConfig,
+    ScenarioName,
+    load,
+)
 from harness.isolation import CellCrashed, EngineError, EngineProcess
 from harness.metrics import pooled_metrics, repeat_cis, request_timing, run_metrics
 from harness.models import model_spec
@@ -42,6 +53,12 @@ def cell_name(config: dict) -> str:
         defaults = {}
     chosen += [f"{k}={config['engine'][k]}" for k, v in defaults.items()
                if k in config["engine"] and config["engine"][k] != getattr(v, "value", v)]  # fmt: skip
+    scenario = config["scenario"]
+    if scenario["name"] == ScenarioName.serving.value:  # the load offered: a rate sweep's cells differ only here
+        rate = scenario.get("request_rate")
+        chosen = [f"rate={rate:g}" if isinstance(rate, (int, float)) else f"rate={rate}"] + (
+            [f"max_concurrency={scenario['max_concurrency']}"] if scenario.get("max_concurrency") is not None else []
+        ) + chosen
     parts = [config["engine"]["name"], config["model"]["name"], config["scenario"]["name"], config["workload"]["name"]]
     return "/".join(parts) + ("/" + ",".join(chosen) if chosen else "")
 
@@ -72,9 +89,39 @@ def per_request_rows(runs: list) -> list[dict[str, Any]]:
     return rows
 
 
+def serving_block(scenario: ScenarioConfig, schedules: list[dict]) -> dict[str, Any]:
+    """What a serving cell offered the engine: rate (a string "inf" for all at once: JSON has no inf),
+    arrival process, concurrency limit, measured window, SLOs and each repeat's arrival schedule."""
+    rate = scenario.request_rate
+    return {
+        "request_rate": rate if math.isfinite(rate) else "inf",
+        "arrival": scenario.arrival.value,
+        "burstiness": scenario.burstiness,
+        "max_concurrency": scenario.max_concurrency,
+        "warmup_requests": scenario.warmup_requests,
+        "cooldown_requests": scenario.cooldown_requests,
+        "measured_requests": scenario.num_requests - scenario.warmup_requests - scenario.cooldown_requests,
+        "slo": {**asdict(scenario.slo), "text": scenario.slo.describe()},
+        "schedules": schedules,
+    }
+
+
+def semantic_config(resolved: dict) -> dict:
+    """The resolved config minus keys that do not change what is measured (NON_SEMANTIC_KEYS), and
+    minus the serving-only scenario keys in other scenarios."""
+    semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC_KEYS}
+    scenario = semantic.get("scenario")
+    if isinstance(scenario, dict) and scenario.get("name") != ScenarioName.serving.value:
+        semantic["scenario"] = {k: v for k, v in scenario.items() if k not in SERVING_KEYS}
+    return semantic
+
+
 def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, result: dict[str, Any]) -> Engine:
     """The cell's engine, in its own process (isolation=process) or in this one."""
     cls = engine_class(config.engine.name)
+    if config.scenario.name is ScenarioName.serving and cls.serve is Engine.serve:
+        # checked before the model loads; the base method would raise this same error after it
+        raise UnsupportedTechnique(f"engine '{config.engine.name}' has no serving loop (scenario=serving needs one)")
     technique = cls.resolve_technique(config.technique)
     result["technique_applied"] = {k: getattr(v, "value", v) for k, v in asdict(technique).items()}
     args = (ENGINES[config.engine.name][1], spec, technique, config.engine, device, config.threads)
@@ -100,8 +147,11 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
     try:
         vocab_size, special = vocabulary(spec)
         measurement = measure(engine, config.scenario, config.workload, vocab_size, special, device)
-        per_repeat = [run_metrics(run) for run in measurement.runs]
-        result["metrics"] = {**pooled_metrics(measurement.runs), **measurement.memory}
+        slo = config.scenario.slo if config.scenario.name is ScenarioName.serving else None
+        per_repeat = [run_metrics(run, slo) for run in measurement.runs]
+        result["metrics"] = {**pooled_metrics(measurement.runs, slo), **measurement.memory}
+        if slo is not None:
+            result["serving"] = serving_block(config.scenario, measurement.schedules or [])
         result["ci95"] = repeat_cis(per_repeat)
         result["repeats"] = [{k: v for k, v in m.items() if not isinstance(v, dict)} for m in per_repeat]
         result["workload"] = {"repeats": [w.describe() for w in measurement.workloads]}
@@ -120,8 +170,7 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
 def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job_num: int) -> dict[str, Any]:
     """Measure and record one cell (or reuse a stored result); returns its results-table row."""
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC_KEYS}
-    chash = record.config_hash(semantic)
+    chash = record.config_hash(semantic_config(resolved))
     store = Path(cfg.store)
     result: dict[str, Any] = {
         "schema": record.SCHEMA, "status": "failed", "reason": None, "cell": cell_name(resolved),

@@ -1,5 +1,7 @@
-"""The two offline scenarios: latency (a fixed batch, fixed lengths) and throughput (many
-requests of seeded lengths at once). Both run warm-ups, then measured repeats (`repeats`, and
+"""The two offline scenarios, latency (a fixed batch, fixed lengths) and throughput (many
+requests of seeded lengths at once), and the online one, serving (requests of seeded lengths
+arriving over time on a seeded schedule, through engine.serve; only the measured window of each
+run, without its warm-up and cool-down requests, is kept). All run warm-ups, then measured repeats (`repeats`, and
 more until the measured runs add up to `min_duration_s`); each repeat gets fresh prompts from
 the same seeded generator, so every run is reproducible and no repeat hits a prefix cache
 filled by an earlier one. Every run, warm-ups too, must produce what was asked: a failed or
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from engines.base import Engine, Request, RequestOutput
-from harness.config import ScenarioConfig, WorkloadConfig
+from engines.base import Arrivals, Engine, Request, RequestOutput
+from harness.arrivals import arrival_offsets, describe_schedule
+from harness.config import ScenarioConfig, ScenarioName, WorkloadConfig
 from harness.metrics import run_duration
 from harness.workload import Workload, requests, synthesize
 
@@ -22,9 +25,10 @@ WARMUP_SEED = 1_000_000  # warm-up prompts come from seeds no measured repeat us
 
 @dataclass(slots=True)
 class Measurement:
-    runs: list[list[RequestOutput]]  # one list of outputs per measured repeat
+    runs: list[list[RequestOutput]]  # one list of outputs per measured repeat (serving: its measured window)
     workloads: list[Workload]
     memory: dict
+    schedules: list[dict] | None = None  # serving: each repeat's arrival schedule (hash, span, realised rate)
 
 
 class IncompleteRun(RuntimeError):
@@ -63,18 +67,27 @@ def measure(
     device: str,
 ) -> Measurement:
     n = scenario.requests_per_repeat
+    serving = scenario.name is ScenarioName.serving
+    schedules: list[dict] = []
 
     def run(index: int, label: str) -> tuple[Workload, list[RequestOutput]]:
         workload = synthesize(workload_cfg, n, vocab_size, special_ids, seed=index)
         reqs = requests(workload, workload_cfg, f"r{index}")
         with tqdm(total=n, desc=label, unit="req", leave=False) as bar:
-            outputs = engine.generate(reqs, progress=bar.update)
+            if serving:
+                offsets = arrival_offsets(n, scenario.request_rate, scenario.arrival, scenario.burstiness,
+                                          workload_cfg.seed, index)  # fmt: skip
+                schedules.append(describe_schedule(offsets))
+                outputs = engine.serve(reqs, Arrivals(offsets, scenario.max_concurrency), progress=bar.update)
+            else:
+                outputs = engine.generate(reqs, progress=bar.update)
         check_outputs(label, reqs, outputs)
         workload.generated_lens = [len(o.token_ids) for o in outputs]
-        return workload, outputs
+        return workload, outputs[scenario.measured_window]
 
     for w in range(scenario.warmup):
         run(WARMUP_SEED + w, f"warm-up {w + 1}/{scenario.warmup}")
+    schedules.clear()  # only the measured repeats' schedules are recorded
     runs, workloads = [], []
     measured_s = 0.0
     with engine.memory_monitor(device) as memory:
@@ -87,4 +100,4 @@ def measure(
             runs.append(outputs)
             workloads.append(workload)
             measured_s += run_duration(outputs)  # the durations throughput divides by
-    return Measurement(runs=runs, workloads=workloads, memory=memory.result())
+    return Measurement(runs=runs, workloads=workloads, memory=memory.result(), schedules=schedules if serving else None)

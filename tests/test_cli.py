@@ -47,7 +47,7 @@ def test_a_secret_on_the_command_line_is_refused_before_anything_is_written(tmp_
 def test_a_misspelt_key_added_with_plus_exits_2_with_a_suggestion(tmp_path):
     proc = infermatrix(tmp_path, *TINY, "+scenario.repeat=3")
     assert proc.returncode == 2
-    assert "did you mean 'repeats'?" in proc.stderr and "batch_size, min_duration_s, name, num_requests, repeats, warmup" in proc.stderr
+    assert "did you mean 'repeats'?" in proc.stderr and "arrival, batch_size, burstiness, cooldown_requests, max_concurrency, min_duration_s, name, num_requests, repeats, request_rate, slo, warmup, warmup_requests" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 

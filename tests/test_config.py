@@ -93,7 +93,7 @@ def test_a_key_added_with_plus_that_the_schema_lacks_is_an_error(override, messa
 
 
 def test_unknown_key_error_lists_the_valid_keys():
-    with pytest.raises(ConfigError, match="valid keys of scenario: batch_size, min_duration_s, name, num_requests, repeats, warmup"):
+    with pytest.raises(ConfigError, match="valid keys of scenario: arrival, batch_size, burstiness, cooldown_requests, max_concurrency, min_duration_s, name, num_requests, repeats, request_rate, slo, warmup, warmup_requests"):
         load(compose_config("+scenario.repeat=3"))
 
 

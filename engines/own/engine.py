@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 
 from engines.base import (
+    Arrivals,
     Attention,
     Batching,
     Engine,
@@ -40,6 +41,7 @@ from engines.own.model_runner import ModelRunner
 from engines.own.scheduler import SchedulerConfig
 from engines.own.scoring import score_sequences
 from engines.own.technique_setup import apply_graphs, check_device_support
+from engines.validation import check_arrivals
 
 
 class OwnEngine(Engine):
@@ -130,6 +132,10 @@ class OwnEngine(Engine):
 
     def generate(self, requests: Seq[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         return self.llm.generate(requests, progress)
+
+    def serve(self, requests: Seq[Request], arrivals: Arrivals, progress: ProgressFn | None = None) -> list[RequestOutput]:
+        check_arrivals(arrivals, len(requests))
+        return self.llm.serve(requests, arrivals.offsets_s, arrivals.max_concurrency, progress)
 
     def score(self, sequences: Seq[Seq[int]]) -> list[ScoredSequence]:
         return score_sequences(self.llm, self.runner, sequences, self.options.max_num_batched_tokens)
