@@ -16,15 +16,17 @@ def main() -> None:
     job = json.loads(open(sys.argv[1]).read())
     import psutil
 
-    from engines.base import ModelSpec, Request, SamplingParams, Technique
+    from engines.base import Graphs, ModelSpec, Request, SamplingParams, Technique
     from engines.vllm.config import VllmOptions
+    from engines.vllm.engine import VllmEngine
     from engines.worker import start_engine
 
     out: dict = {}
     started = time.perf_counter()
     engine, facts = start_engine(
         "engines.vllm.engine:VllmEngine", ModelSpec("smollm2", job["model_path"], dtype="float32"),
-        Technique(**job.get("technique", {})), VllmOptions(**job.get("options", {})), "cpu", job.get("threads"),
+        VllmEngine.resolve_technique(Technique(graphs=Graphs(job["graphs"]) if job.get("graphs") else None)),
+        VllmOptions(**job.get("options", {})), "cpu", job.get("threads"),
     )  # fmt: skip
     out["startup_s"] = time.perf_counter() - started
     out["technique"] = {k: getattr(v, "value", v) for k, v in vars(engine.technique).items()}
