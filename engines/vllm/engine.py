@@ -98,27 +98,27 @@ class VllmEngine(Engine):
         kv_bytes = options.kv_cache_bytes
         if kv_bytes is None and not self.cuda and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kv_bytes = DEFAULT_CPU_KV_BYTES  # else vLLM sizes it from VLLM_CPU_KVCACHE_SPACE (GiB)
-        self.engine_args = dict(
-            model=model_path,
-            load_format=load_format,
-            skip_tokenizer_init=True,
-            dtype=VLLM_DTYPES[model.dtype],
-            seed=options.seed,
-            max_model_len=options.max_model_len,
-            max_num_seqs=options.max_num_seqs,
-            max_num_batched_tokens=options.max_num_batched_tokens,
-            block_size=options.block_size,
-            kv_cache_memory_bytes=kv_bytes,
-            gpu_memory_utilization=options.gpu_memory_utilization,
-            enable_prefix_caching=bool(technique.prefix_cache),
-            enable_chunked_prefill=bool(technique.chunked_prefill),
-            enforce_eager=technique.graphs == Graphs.eager,
-            generation_config="vllm",  # no checkpoint sampling defaults: every request says what it wants
-            disable_log_stats=False,  # scheduler stats feed stats() (KV usage, prefix-cache hits)
+        self.engine_args: dict[str, Any] = {
+            "model": model_path,
+            "load_format": load_format,
+            "skip_tokenizer_init": True,
+            "dtype": VLLM_DTYPES[model.dtype],
+            "seed": options.seed,
+            "max_model_len": options.max_model_len,
+            "max_num_seqs": options.max_num_seqs,
+            "max_num_batched_tokens": options.max_num_batched_tokens,
+            "block_size": options.block_size,
+            "kv_cache_memory_bytes": kv_bytes,
+            "gpu_memory_utilization": options.gpu_memory_utilization,
+            "enable_prefix_caching": bool(technique.prefix_cache),
+            "enable_chunked_prefill": bool(technique.chunked_prefill),
+            "enforce_eager": technique.graphs == Graphs.eager,
+            "generation_config": "vllm",  # no checkpoint sampling defaults: every request says what it wants
+            "disable_log_stats": False,  # scheduler stats feed stats() (KV usage, prefix-cache hits)
             # CPU: the model in a spawned worker process, where vLLM's LD_PRELOAD (libgomp, tcmalloc) and thread
             # binding take effect; vLLM forces this itself when its engine core runs in a process of its own
-            distributed_executor_backend=None if self.cuda else "mp",
-        )
+            "distributed_executor_backend": None if self.cuda else "mp",
+        }
         if technique.graphs == Graphs.compile and self.cuda:
             self.engine_args["compilation_config"] = {"cudagraph_mode": "NONE"}  # torch.compile without graphs
         args = EngineArgs(**{k: v for k, v in self.engine_args.items() if v is not None or k == "max_model_len"})
@@ -406,7 +406,7 @@ class VllmEngine(Engine):
                 llm.engine_core.shutdown()
             finally:
                 del llm
-                gone, alive = psutil.wait_procs(children, timeout=20)
+                _, alive = psutil.wait_procs(children, timeout=20)
                 for proc in alive:  # vLLM's own processes, started by this engine
                     try:
                         proc.kill()

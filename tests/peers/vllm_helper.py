@@ -13,7 +13,8 @@ import time
 
 
 def main() -> None:
-    job = json.loads(open(sys.argv[1]).read())
+    with open(sys.argv[1]) as fh:
+        job = json.load(fh)
     import psutil
 
     from engines.base import Graphs, ModelSpec, Request, SamplingParams, Technique
