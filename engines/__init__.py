@@ -19,6 +19,7 @@ ENGINES: dict[str, tuple[str, str]] = {
     "own": ("engines.own.config:OwnOptions", "engines.own.engine:OwnEngine"),
     "fault": ("engines.fault.config:FaultOptions", "engines.fault.engine:FaultEngine"),
     "openai": ("engines.openai.config:OpenaiOptions", "engines.openai.engine:OpenaiEngine"),
+    "vllm": ("engines.vllm.config:VllmOptions", "engines.vllm.engine:VllmEngine"),
 }
 
 

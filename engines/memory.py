@@ -35,8 +35,26 @@ def nvml_handle(device_index: int) -> Any | None:
         return None
 
 
+def tree_rss(processes: list[psutil.Process]) -> int:
+    """Summed RSS of processes that still exist."""
+    total = 0
+    for proc in processes:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def process_tree_rss() -> int:
+    """RSS of this process and every descendant (an engine may hold its model in child processes)."""
+    me = psutil.Process()
+    return tree_rss([me, *me.children(recursive=True)])
+
+
 class MemoryMonitor:
-    """`with MemoryMonitor(device) as m: ...` then `m.result()`: peak bytes during the block."""
+    """`with MemoryMonitor(device) as m: ...` then `m.result()`: peak bytes during the block. RSS covers
+    this process and its descendants at the start (vLLM keeps its weights and KV in child processes)."""
 
     def __init__(self, device: str, interval_s: float = SAMPLE_INTERVAL_S):
         self.device = device
@@ -50,11 +68,12 @@ class MemoryMonitor:
         self.peak_nvml_used: int | None = None
         self.samples = 0
         self.cuda_peaks: dict[str, int] = {}
+        self.tree: list[psutil.Process] = [self.process]
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
 
     def sample(self) -> None:
-        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+        self.peak_rss = max(self.peak_rss, tree_rss(self.tree))
         if self.nvml is not None:
             import pynvml
 
@@ -76,7 +95,8 @@ class MemoryMonitor:
             torch.cuda.reset_peak_memory_stats(index)
             self.cuda_index = index
             self.nvml = nvml_handle(index)
-        self.start_rss = self.process.memory_info().rss
+        self.tree = [self.process, *self.process.children(recursive=True)]  # an engine's helper processes too
+        self.start_rss = tree_rss(self.tree)
         self.peak_rss = self.start_rss
         self.sample()
         self.stop_event.clear()

@@ -51,8 +51,8 @@ def cell_name(config: dict) -> str:
         defaults = asdict(options_class(config["engine"]["name"])())
     except ValueError:  # an unknown engine: the cell fails on load with the list of engines
         defaults = {}
-    chosen += [f"{k}={config['engine'][k]}" for k, v in defaults.items()
-               if k in config["engine"] and config["engine"][k] != getattr(v, "value", v)]  # fmt: skip
+    chosen += [f"{k}={config['engine'][k]}" for k, v in defaults.items()  # where the engine runs is no part of the name
+               if k != "python" and k in config["engine"] and config["engine"][k] != getattr(v, "value", v)]  # fmt: skip
     scenario = config["scenario"]
     if scenario["name"] == ScenarioName.serving.value:  # the load offered: a rate sweep's cells differ only here
         rate = scenario.get("request_rate")

@@ -9,6 +9,7 @@ from engines.base import EngineOptions
 
 @dataclass
 class VllmOptions(EngineOptions):
+    name: str = "vllm"
     max_num_seqs: int = 64  # vLLM --max-num-seqs: sequences scheduled per step
     max_num_batched_tokens: int = 2048  # vLLM --max-num-batched-tokens: token budget per step
     # tokens per KV block (vLLM --block-size); None = vLLM's default (128 on CPU, 16 on CUDA)
@@ -31,3 +32,8 @@ class VllmOptions(EngineOptions):
     # recommendation, where found; "" = none (vLLM then preloads torch's libgomp itself); else a ':' list of paths
     ld_preload: str = "auto"
     seed: int = 0  # vLLM's engine seed (a request with its own seed samples with that)
+
+    def __post_init__(self) -> None:
+        self.check_positive("max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len", "kv_cache_bytes")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"engine.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")

@@ -35,7 +35,7 @@ from engines.base import (
     UnsupportedTechnique,
     now,
 )
-from engines.memory import MemoryMonitor
+from engines.memory import MemoryMonitor, process_tree_rss
 from engines.validation import checked_sequences, output_id, prompt_len, request_error
 from engines.vllm.config import VllmOptions
 
@@ -430,45 +430,13 @@ def _eos_token_ids(hf_config: Any, model_path: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in found))
 
 
-def process_tree_rss() -> int:
-    """RSS of this process plus every descendant (vLLM's engine-core and model worker processes)."""
-    import psutil
-
-    total = 0
-    me = psutil.Process()
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 class TreeMemoryMonitor(MemoryMonitor):
-    """MemoryMonitor over the process tree: vLLM holds weights and KV cache in its child processes."""
-
-    def sample(self) -> None:
-        import psutil
-
-        if not hasattr(self, "tree"):
-            self.tree = [self.process, *self.process.children(recursive=True)]
-        total = 0
-        for proc in self.tree:
-            try:
-                total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        self.peak_rss = max(self.peak_rss, total)
-        self.samples += 1
-
-    def __enter__(self) -> TreeMemoryMonitor:
-        super().__enter__()
-        self.start_rss = process_tree_rss()
-        return self
+    """Peak memory as the process tree's RSS: vLLM's weights and KV cache live in its child processes,
+    out of reach of this process's torch allocator counters."""
 
     def result(self) -> dict[str, Any]:
         out = super().result()
-        out["peak_memory_bytes"] = self.peak_rss  # the model lives in vLLM's processes, not torch's allocator here
+        out["peak_memory_bytes"] = self.peak_rss
         out["memory_scope"] = "process tree (RSS)"
         return out
 
