@@ -83,6 +83,7 @@ class ModelSpec:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     random_config: dict[str, Any] | None = None  # HF config dict for random weights
     seed: int = 0
+    gguf_path: str | None = None  # the .gguf file `path` was converted from, when the source is one (llamacpp loads it)
 
     @property
     def is_random(self) -> bool:

@@ -126,4 +126,15 @@ def model_spec(
         path, kind = resolve_source(local_path, True, hub_id)
     else:
         raise ValueError(f"model.source must be one of auto, local, embedded, hub, random; got '{source}'")
-    return ModelSpec(name=name, path=path, dtype=dtype, seed=seed), kind
+    gguf = gguf_source(kind, local_path)
+    return ModelSpec(name=name, path=path, dtype=dtype, seed=seed, gguf_path=gguf), kind
+
+
+def gguf_source(kind: str, local_path: str | None) -> str | None:
+    """The GGUF file behind a resolved source (engines that run GGUF natively load it), or None."""
+    if kind == "gguf" and local_path:
+        return str(Path(local_path).expanduser().resolve())
+    if kind == "embedded-gguf":
+        found = embedded_gguf_path()
+        return str(found) if found is not None else None
+    return None

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install llama-cpp-python into a Python environment, building its wheel once and caching it.
+#
+#   engines/llamacpp/install.sh [PYTHON]
+#
+# PYTHON defaults to .venv/bin/python. llama-cpp-python ships no prebuilt wheel for this platform: the
+# first run compiles llama.cpp from source (about 15 minutes on 2 cores) into
+# ${INFERMATRIX_CACHE:-$HOME/.cache/infermatrix}/wheels/, and every later run installs that wheel offline.
+# Set LLAMACPP_CMAKE_ARGS to override the CMake flags (default: a native CPU build, no GPU backends).
+set -euo pipefail
+
+PYTHON="${1:-.venv/bin/python}"
+VERSION="0.3.36"
+CACHE="${INFERMATRIX_CACHE:-$HOME/.cache/infermatrix}/wheels"
+mkdir -p "$CACHE"
+
+if [ ! -x "$PYTHON" ] && ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "install.sh: no python at $PYTHON" >&2
+    exit 2
+fi
+
+# The wheel's tag carries the interpreter (cp311-...): look for one this python can install.
+PYTAG="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+shopt -s nullglob
+matches=("$CACHE"/llama_cpp_python-"$VERSION"-"$PYTAG"-*.whl)
+shopt -u nullglob
+
+if [ "${#matches[@]}" -eq 0 ]; then
+    echo "install.sh: building llama-cpp-python==$VERSION for $PYTAG (about 15 minutes on 2 cores)..." >&2
+    start=$(date +%s)
+    CMAKE_ARGS="${LLAMACPP_CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
+    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+        "$PYTHON" -m pip wheel --no-deps --wheel-dir "$CACHE" "llama-cpp-python==$VERSION"
+    echo "install.sh: built in $(( $(date +%s) - start )) s: $(ls -l "$CACHE"/llama_cpp_python-"$VERSION"-"$PYTAG"-*.whl)" >&2
+else
+    echo "install.sh: using cached ${matches[0]}" >&2
+fi
+
+# Its pure-Python dependencies come from the index as usual; the wheel itself only from the cache.
+"$PYTHON" -m pip install "numpy>=1.20.0" "typing-extensions>=4.5.0" "diskcache>=5.6.1" "jinja2>=2.11.3"
+"$PYTHON" -m pip install --no-index --find-links "$CACHE" "llama-cpp-python==$VERSION"
+"$PYTHON" -c 'import llama_cpp; print("llama_cpp", llama_cpp.__version__)'
