@@ -191,7 +191,8 @@ class LlamaCppEngine(Engine):
         context = int(self.llama.metadata.get(f"{self.llama.metadata.get('general.architecture', 'llama')}.context_length", 0)) or None
         if opts.max_model_len is not None and context is not None and opts.max_model_len > context:
             raise ValueError(f"max_model_len={opts.max_model_len} exceeds the model's context ({context} in the GGUF)")
-        self.context_len: int = self.llama.n_ctx()
+        # the longest sequence served: llama.cpp may round n_ctx up (to a multiple of 256), so keep what was asked
+        self.context_len: int = min(opts.max_model_len or self.llama.n_ctx(), self.llama.n_ctx())
         self.vocab_size: int = self.llama.n_vocab()
         self.eos_ids: frozenset[int] = frozenset(t for t in (self.llama.token_eos(),) if t is not None and t >= 0)
         self.version: str = llama_cpp.__version__
@@ -306,10 +307,10 @@ class LlamaCppEngine(Engine):
             "quantization": self.quantization,
             "model_desc": self.desc,
             "llama_cpp_python": self.version,
-            "max_model_len": self.context_len,  # llama.cpp's n_ctx
-            "n_ctx": self.context_len,
-            "n_batch": self.llama.n_batch,
-            "n_ubatch": min(self.options.n_ubatch, self.options.n_batch),
+            "max_model_len": self.context_len,  # the longest sequence served (prompt + output)
+            "n_ctx": self.llama.n_ctx(),  # llama.cpp's KV buffer, in tokens (max_model_len rounded up)
+            "n_batch": self.llama.n_batch,  # llama-cpp-python caps it at max_model_len
+            "n_ubatch": int(self.llama.context_params.n_ubatch),
             "n_threads": self.n_threads,
             "n_threads_batch": self.n_threads_batch,
             "threads_source": self.threads_source,

@@ -19,19 +19,19 @@ if [ ! -x "$PYTHON" ] && ! command -v "$PYTHON" >/dev/null 2>&1; then
     exit 2
 fi
 
-# The wheel's tag carries the interpreter (cp311-...): look for one this python can install.
-PYTAG="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+# The wheel is tagged py3-none-<platform> (it loads llama.cpp's shared libraries through ctypes), so one wheel
+# serves every Python 3 of this platform; pip refuses it below if the platform does not match.
 shopt -s nullglob
-matches=("$CACHE"/llama_cpp_python-"$VERSION"-"$PYTAG"-*.whl)
+matches=("$CACHE"/llama_cpp_python-"$VERSION"-*.whl)
 shopt -u nullglob
 
 if [ "${#matches[@]}" -eq 0 ]; then
-    echo "install.sh: building llama-cpp-python==$VERSION for $PYTAG (about 15 minutes on 2 cores)..." >&2
+    echo "install.sh: building llama-cpp-python==$VERSION (about 15 minutes on 2 cores)..." >&2
     start=$(date +%s)
     CMAKE_ARGS="${LLAMACPP_CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
     CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
         "$PYTHON" -m pip wheel --no-deps --wheel-dir "$CACHE" "llama-cpp-python==$VERSION"
-    echo "install.sh: built in $(( $(date +%s) - start )) s: $(ls -l "$CACHE"/llama_cpp_python-"$VERSION"-"$PYTAG"-*.whl)" >&2
+    echo "install.sh: built in $(( $(date +%s) - start )) s: $(ls -l "$CACHE"/llama_cpp_python-"$VERSION"-*.whl)" >&2
 else
     echo "install.sh: using cached ${matches[0]}" >&2
 fi

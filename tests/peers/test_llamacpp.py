@@ -240,7 +240,7 @@ def test_generation_ends_at_max_model_len(spec, prompt_ids):
     try:
         out = small.generate(requests_for([list(range(100, 120))], max_tokens=50, ignore_eos=True))[0]
         assert len(out.token_ids) == 12 and out.finish_reason == "length"
-        assert small.stats()["n_ctx"] == 32
+        assert small.stats()["max_model_len"] == 32 and small.stats()["n_ctx"] >= 32
     finally:
         small.close()
 
@@ -264,7 +264,7 @@ def test_greedy_tokens_mostly_agree_with_hf_fp32(engine, reference, prompt_ids):
 def test_score_log_probs_track_hf_fp32(engine, reference, prompt_ids, tokenizer):
     seqs = [p + tokenizer(" and so on, until the end.")["input_ids"] for p in prompt_ids]
     scored = engine.score(seqs)
-    diffs, ours_all, theirs_all = [], [], []
+    diffs, ours_all, theirs_all, greedy_agree = [], [], [], []
     for seq, got in zip(seqs, scored):
         ids = torch.tensor([seq])
         with torch.inference_mode():
@@ -272,15 +272,15 @@ def test_score_log_probs_track_hf_fp32(engine, reference, prompt_ids, tokenizer)
         want = logp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1).numpy()
         assert len(got.logprobs) == len(got.is_greedy) == len(seq) - 1
         assert all(v <= 0 for v in got.logprobs)
-        assert got.is_greedy == (logp.argmax(-1) == ids[0, 1:]).tolist() or np.mean(
-            np.array(got.is_greedy) == (logp.argmax(-1) == ids[0, 1:]).numpy()) >= 0.8  # fmt: skip
+        greedy_agree.append(np.mean(np.array(got.is_greedy) == (logp.argmax(-1) == ids[0, 1:]).numpy()))
         diffs += list(np.abs(np.array(got.logprobs) - want))
         ours_all += got.logprobs
         theirs_all += list(want)
     mad = float(np.mean(diffs))
     corr = float(np.corrcoef(ours_all, theirs_all)[0, 1])
-    print(f"llamacpp score vs HF fp32: mean |dlogp| {mad:.3f} nats, max {max(diffs):.3f}, correlation {corr:.4f}")
-    assert mad < 0.3 and corr > 0.97
+    print(f"llamacpp score vs HF fp32: mean |dlogp| {mad:.3f} nats, max {max(diffs):.3f}, correlation {corr:.4f}, "
+          f"is_greedy agreement {np.mean(greedy_agree):.0%}")  # fmt: skip
+    assert mad < 0.25 and corr > 0.99 and np.mean(greedy_agree) >= 0.8  # measured: 0.071, 0.9996
     with pytest.raises(ValueError, match="out of range"):
         engine.score([[engine.vocab_size]])
 
