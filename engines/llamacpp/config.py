@@ -9,6 +9,7 @@ from engines.base import EngineOptions
 
 @dataclass
 class LlamaCppOptions(EngineOptions):
+    name: str = "llamacpp"
     # longest sequence, prompt + output; llama.cpp's n_ctx (one contiguous KV buffer of this many tokens).
     # None = the GGUF's training context (llama.context_length: 8192 for SmolLM2).
     max_model_len: int | None = None
@@ -23,7 +24,4 @@ class LlamaCppOptions(EngineOptions):
     seed: int = 0  # seeds sampling for requests that bring no seed of their own
 
     def __post_init__(self) -> None:
-        for key in ("n_batch", "n_ubatch", "max_model_len", "n_threads", "n_threads_batch"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"llamacpp option {key} must be an int >= 1{' or None' if key != 'n_batch' and key != 'n_ubatch' else ''}, got {value!r}")
+        self.check_positive("max_model_len", "n_batch", "n_ubatch", "n_threads", "n_threads_batch")

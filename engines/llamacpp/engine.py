@@ -58,7 +58,7 @@ def as_options(options: EngineOptions) -> LlamaCppOptions:
     """`options` as LlamaCppOptions: a plain EngineOptions (or another engine's) keeps the fields they share."""
     if isinstance(options, LlamaCppOptions):
         return options
-    ours = {f.name for f in fields(LlamaCppOptions)}
+    ours = {f.name for f in fields(LlamaCppOptions)} - {"name"}
     return LlamaCppOptions(**{f.name: getattr(options, f.name) for f in fields(options) if f.name in ours})
 
 

@@ -136,9 +136,13 @@ def test_techniques_declared_and_the_rest_skipped_with_a_reason():
 def test_plain_engine_options_keep_the_fields_they_share():
     from engines.llamacpp.engine import as_options
 
-    opts = as_options(EngineOptions(max_model_len=64))
-    assert isinstance(opts, LlamaCppOptions) and opts.max_model_len == 64 and opts.n_batch == 512
-    with pytest.raises(ValueError, match="n_batch"):
+    from engines.hf.config import HfOptions
+
+    opts = as_options(HfOptions(max_model_len=64, python="/x/python"))
+    assert isinstance(opts, LlamaCppOptions) and opts.name == "llamacpp"
+    assert (opts.max_model_len, opts.python, opts.n_batch) == (64, "/x/python", 512)
+    assert as_options(EngineOptions()) == LlamaCppOptions()
+    with pytest.raises(ValueError, match="engine.n_batch must be >= 1"):
         LlamaCppOptions(n_batch=0)
 
 
