@@ -36,7 +36,11 @@ else
     echo "install.sh: using cached ${matches[0]}" >&2
 fi
 
-# Its pure-Python dependencies come from the index as usual; the wheel itself only from the cache.
-"$PYTHON" -m pip install "numpy>=1.20.0" "typing-extensions>=4.5.0" "diskcache>=5.6.1" "jinja2>=2.11.3"
+# Its pure-Python dependencies come from the index as usual; the wheel itself only from the cache. The second
+# line is its [server] extra: `python -m llama_cpp.server` (llama.cpp's OpenAI-compatible server, which
+# tests/peers/test_openai.py drives through engine=openai whenever llama_cpp is importable) needs it.
+"$PYTHON" -m pip install "numpy>=1.20.0" "typing-extensions>=4.5.0" "diskcache>=5.6.1" "jinja2>=2.11.3" \
+    "uvicorn>=0.22.0" "fastapi>=0.100.0" "pydantic-settings>=2.0.1" "sse-starlette>=1.6.1" \
+    "starlette-context>=0.3.6,<0.4" "PyYAML>=5.1"
 "$PYTHON" -m pip install --no-index --find-links "$CACHE" "llama-cpp-python==$VERSION"
 "$PYTHON" -c 'import llama_cpp; print("llama_cpp", llama_cpp.__version__)'
