@@ -20,6 +20,7 @@ ENGINES: dict[str, tuple[str, str]] = {
     "fault": ("engines.fault.config:FaultOptions", "engines.fault.engine:FaultEngine"),
     "openai": ("engines.openai.config:OpenaiOptions", "engines.openai.engine:OpenaiEngine"),
     "vllm": ("engines.vllm.config:VllmOptions", "engines.vllm.engine:VllmEngine"),
+    "llamacpp": ("engines.llamacpp.config:LlamaCppOptions", "engines.llamacpp.engine:LlamaCppEngine"),
 }
 
 

@@ -142,7 +142,7 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
         architecture=m.architecture, seed=m.seed,
     )  # fmt: skip
     result["model"] = {"name": m.name, "source_kind": kind, "path": spec.path, "dtype": m.dtype.value,
-                       "random_weights": spec.is_random}  # fmt: skip
+                       "gguf_path": spec.gguf_path, "random_weights": spec.is_random}  # fmt: skip
     engine = open_engine(config, spec, device, out_dir, result)
     try:
         vocab_size, special = vocabulary(spec)

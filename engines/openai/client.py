@@ -30,10 +30,12 @@ class Streamed:
     error: str | None = None
 
 
-def request_body(request: Request, model: str, return_token_ids: bool) -> dict[str, Any]:
+def request_body(request: Request, model: str, return_token_ids: bool, text: str | None = None) -> dict[str, Any]:
+    """The completions request: the prompt as token ids, or as `text` for servers that take only text."""
     s = request.sampling
+    prompt: Any = text if text is not None else [int(t) for t in request.prompt_token_ids]
     body: dict[str, Any] = {
-        "model": model, "prompt": [int(t) for t in request.prompt_token_ids], "max_tokens": s.max_tokens,
+        "model": model, "prompt": prompt, "max_tokens": s.max_tokens,
         "temperature": s.temperature, "top_p": s.top_p, "stream": True, "stream_options": {"include_usage": True},
     }  # fmt: skip
     if s.top_k > 0:

@@ -25,6 +25,9 @@ class OpenaiOptions(EngineOptions):
     timeout_s: float = 600.0  # per request, connect to last byte
     tokenizer: str | None = None  # counts tokens when the server sends no token ids; None = the model's folder
     return_token_ids: bool = True  # ask for token ids in each chunk (vLLM >= 0.10.2 `return_token_ids`)
+    # "token_ids" (exact lengths), or "text": the prompt decoded with the tokenizer, for servers that take only
+    # text (llama-cpp-python's); the server re-tokenizes it, so its prompt length may differ slightly
+    prompt_as: str = "token_ids"
 
     def __post_init__(self) -> None:
         self.check_positive("max_concurrency")
@@ -36,5 +39,7 @@ class OpenaiOptions(EngineOptions):
             isinstance(cmd, (list, tuple)) and cmd and all(isinstance(a, (str, int, float)) for a in cmd)
         ):
             raise ValueError(f"engine.server_command must be null, a string or a non-empty list of args, got {cmd!r}")
+        if self.prompt_as not in ("token_ids", "text"):
+            raise ValueError(f"engine.prompt_as must be token_ids or text, got {self.prompt_as!r}")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"engine.base_url must start with http:// or https://, got {self.base_url!r}")

@@ -114,7 +114,8 @@ class OpenaiEngine(Engine):
                 await asyncio.sleep(max(0.0, start + offset - asyncio.get_running_loop().time()))
                 async with slots:  # a due request also waits for a free slot; arrival_time says when it went
                     try:
-                        body = request_body(request, self.model_name, self.options.return_token_ids)
+                        text = self.tokenizer().decode(request.prompt_token_ids) if self.options.prompt_as == "text" else None
+                        body = request_body(request, self.model_name, self.options.return_token_ids, text)
                     except Exception as exc:
                         streamed = Streamed(arrival_time=now(), error=f"bad request: {type(exc).__name__}: {exc}")
                     else:

@@ -206,10 +206,11 @@ def test_llama_cpp_server(tmp_path, smollm2_dir, prompts):
         pytest.skip("no embedded GGUF")
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port),
-               "--n_threads", "1", "--n_ctx", "512"]  # fmt: skip
+               "--n_threads", "1", "--n_ctx", "512",
+               "--interrupt_requests", "False"]  # fmt: skip (else a new request interrupts the running one)
     engine = create_engine("openai", ModelSpec("smollm2", str(smollm2_dir)), Technique(),
                            {"base_url": f"http://127.0.0.1:{port}/v1", "server_command": command,
-                            "server_start_timeout_s": 180}, "cpu")  # fmt: skip
+                            "server_start_timeout_s": 180, "prompt_as": "text"}, "cpu")  # it takes only text
     try:
         outs = engine.generate(greedy(prompts, max_tokens=8))
         assert all(o.error is None and o.token_ids for o in outs), [o.error for o in outs]
