@@ -91,6 +91,7 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
         "code_version": result.get("code_version"),
         "result_path": str(result_path),
         "finished_at": result.get("finished_at"),
+        "load_avg_1m": (result.get("load_average") or [None])[0],
     }
     row.update(flatten(result.get("technique_applied") or config.get("technique", {}), "technique."))
     row.update(flatten(result.get("metrics", {})))

@@ -155,6 +155,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None, code: str | None = 
         ),  # fmt: skip
         ("CV", _cv_text),
         ("peak MB", lambda r: _fmt(None if (b := _number(r, "peak_memory_bytes")) is None else b / 1e6)),
+        ("load", lambda r: _fmt(_number(r, "load_avg_1m"), ".1f")),
         *(
             [("tok/s x", lambda r: _fmt(speedups(r, base)[0], ".2f", "x")),
              ("E2E x", lambda r: _fmt(speedups(r, base)[1], ".2f", "x"))]

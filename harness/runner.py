@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import math
 import traceback
 from dataclasses import asdict
@@ -219,6 +220,7 @@ def fail(result: dict[str, Any], resolved: dict, reason: str, **details: str) ->
 def finish(cfg: DictConfig, result: dict[str, Any], out_dir: Path, sweep_dir: Path, store: Path) -> dict[str, Any]:
     """Write result.json, track it, add its row to the store and the sweep table."""
     result["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    result["load_average"] = list(os.getloadavg())  # 1, 5, 15 min as the cell ends: how busy the machine was
     result_path = out_dir / "result.json"
     record.write_json_atomic(result_path, result)
     from harness.trackers import track_result  # after the write: a tracker failure loses nothing
