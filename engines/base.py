@@ -8,12 +8,14 @@ tokenized requests; the engine returns generated token ids with a monotonic time
 from __future__ import annotations
 
 import enum
+import json
 import math
 import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 
@@ -88,6 +90,17 @@ class ModelSpec:
     @property
     def is_random(self) -> bool:
         return self.random_config is not None
+
+
+def eos_token_ids(config_eos: Any, folder: str | None) -> tuple[int, ...]:
+    """EOS ids from the model config's `eos_token_id` plus the folder's generation_config.json (Llama 3
+    instruct lists several there), in order, without repeats."""
+    found = list(config_eos) if isinstance(config_eos, (list, tuple)) else ([config_eos] if config_eos is not None else [])
+    path = Path(folder, "generation_config.json") if folder else None
+    if path is not None and path.is_file():
+        generation = json.loads(path.read_text()).get("eos_token_id")
+        found += generation if isinstance(generation, list) else ([generation] if generation is not None else [])
+    return tuple(dict.fromkeys(int(i) for i in found))
 
 
 @dataclass(slots=True)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence as Seq
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -23,6 +21,7 @@ from engines.base import (
     ScoredSequence,
     Technique,
     UnsupportedTechnique,
+    eos_token_ids,
 )
 from engines.own.attention import make_attention
 from engines.own.config import OwnOptions
@@ -123,7 +122,7 @@ class OwnEngine(Engine):
                 num_blocks=num_blocks,
                 max_model_len=self.max_model_len,
                 vocab_size=config.vocab_size,
-                eos_token_ids=_eos_token_ids(model, hf_config),
+                eos_token_ids=eos_token_ids(hf_config.get("eos_token_id"), model.path),
                 kv_bytes_per_token=self.kv_bytes_per_token,
             ),
         )
@@ -176,13 +175,3 @@ class OwnEngine(Engine):
         budget (sized from free memory) would depend on this one."""
         self.model = self.runner = self.llm = None
         release_memory(self.device)
-
-
-def _eos_token_ids(spec: ModelSpec, hf_config: dict) -> tuple[int, ...]:
-    """EOS ids from config.json plus generation_config.json (Llama 3 instruct lists several there)."""
-    ids = hf_config.get("eos_token_id")
-    found = list(ids) if isinstance(ids, list) else ([ids] if ids is not None else [])
-    if spec.path and Path(spec.path, "generation_config.json").is_file():
-        generation = json.loads(Path(spec.path, "generation_config.json").read_text()).get("eos_token_id")
-        found += generation if isinstance(generation, list) else ([generation] if generation is not None else [])
-    return tuple(dict.fromkeys(int(i) for i in found))

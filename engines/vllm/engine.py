@@ -12,13 +12,10 @@ process schedules and a spawned worker process runs the model with its OpenMP th
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from engines.base import (
@@ -33,11 +30,14 @@ from engines.base import (
     ScoredSequence,
     Technique,
     UnsupportedTechnique,
+    eos_token_ids,
     now,
 )
-from engines.memory import MemoryMonitor, process_tree_rss
+from engines.memory import process_tree_rss
 from engines.validation import checked_sequences, output_id, prompt_len, request_error
 from engines.vllm.config import VllmOptions
+from engines.vllm.setup import model_source, set_environment
+from engines.vllm.stats import StatsRecorder, TreeMemoryMonitor
 
 GiB = 1 << 30
 DEFAULT_CPU_KV_BYTES = 2 * GiB  # VLLM_CPU_KVCACHE_SPACE=2, what vLLM's CPU docs suggest for small models
@@ -85,9 +85,8 @@ class VllmEngine(Engine):
             raise UnsupportedTechnique("engine 'vllm': graphs=cuda_graphs needs a CUDA device")
         if model.dtype not in VLLM_DTYPES:
             raise ValueError(f"engine 'vllm': dtype {model.dtype!r} is not one of {sorted(VLLM_DTYPES)}")
-        self.env_applied = self._set_environment()
-        self.tmpdir: str | None = None
-        model_path, load_format = self._model_source(model)
+        self.env_applied = set_environment(options, self.cuda)
+        model_path, load_format, self.tmpdir = model_source(model)
 
         import vllm
         from vllm import EngineArgs
@@ -132,85 +131,11 @@ class VllmEngine(Engine):
         self.block_size: int = config.cache_config.block_size
         self.num_blocks: int | None = config.cache_config.num_gpu_blocks
         self.compilation_mode = str(getattr(config.compilation_config.mode, "name", config.compilation_config.mode))
-        self.eos_ids = _eos_token_ids(config.model_config.hf_config, model_path)
+        self.eos_ids = eos_token_ids(getattr(config.model_config.hf_config, "eos_token_id", None), model_path)
         self.calls = 0
         self.startup_s = time.perf_counter() - started
 
     # --- set-up ------------------------------------------------------------------------------------------
-
-    def _set_environment(self) -> dict[str, str | None]:
-        """vLLM reads these when it is imported or starts its processes: set them first, record them."""
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if self.options.multiprocessing else "0"
-        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # no usage report to vLLM's servers
-        os.environ.setdefault("DO_NOT_TRACK", "1")
-        if not self.cuda:
-            if self.options.kv_cache_bytes is not None:  # the option wins over the legacy variable
-                os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._threads_bind()
-            preload = self._ld_preload()
-            if preload:
-                current = os.environ.get("LD_PRELOAD", "")
-                os.environ["LD_PRELOAD"] = ":".join(p for p in (current, preload) if p)
-        return {
-            name: os.environ.get(name)
-            for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING",
-                         "LD_PRELOAD", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
-        }  # fmt: skip
-
-    def _threads_bind(self) -> str:
-        """`threads_bind="auto"`: the cell's torch thread count (set by the worker from `threads=`) as a list of
-        usable cores, e.g. "0-1". vLLM's own "auto" keeps one core for its scheduler process: on 2 cores that
-        leaves the model one thread."""
-        bind = self.options.threads_bind
-        if bind != "auto":
-            return bind
-        import torch
-
-        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-        chosen = cores[: max(1, min(torch.get_num_threads(), len(cores)))]
-        if chosen == list(range(chosen[0], chosen[-1] + 1)):
-            return f"{chosen[0]}-{chosen[-1]}" if len(chosen) > 1 else str(chosen[0])
-        return ",".join(str(c) for c in chosen)
-
-    def _ld_preload(self) -> str:
-        """What to add to LD_PRELOAD for vLLM's (spawned) processes; this process already runs without it."""
-        wanted = self.options.ld_preload
-        if wanted != "auto":
-            return wanted
-        import sys
-
-        current = os.environ.get("LD_PRELOAD", "")
-        found = []
-        if "libtcmalloc" not in current:
-            for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/lib/aarch64-linux-gnu"):
-                if Path(folder, "libtcmalloc_minimal.so.4").is_file():
-                    found.append(str(Path(folder, "libtcmalloc_minimal.so.4")))
-                    break
-        iomp = Path(sys.prefix, "lib", "libiomp5.so")
-        if not any(name in current for name in ("libiomp", "libgomp", "libomp")) and iomp.is_file():
-            found.append(str(iomp))
-        return ":".join(found)
-
-    def _model_source(self, model: ModelSpec) -> tuple[str, str]:
-        """(folder, load_format): the HF folder as is, or for random weights a folder holding only config.json,
-        which vLLM fills with its dummy initializer (uniform noise; `model.seed` is not what seeds it)."""
-        if not model.is_random:
-            if model.path is None:
-                raise ValueError(f"model '{model.name}' has neither a path nor a random_config")
-            if str(model.path).endswith(".gguf"):
-                raise ValueError("engine 'vllm' (0.32) has no GGUF loader: give it an HF safetensors folder")
-            return str(model.path), "auto"
-        from transformers import AutoConfig
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        cfg = dict(model.random_config)
-        model_type = cfg.pop("model_type", "llama")
-        config = AutoConfig.for_model(model_type, **cfg)
-        if not getattr(config, "architectures", None):
-            config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
-        self.tmpdir = tempfile.mkdtemp(prefix="infermatrix-vllm-random-")
-        config.save_pretrained(self.tmpdir)
-        return self.tmpdir, "dummy"
 
     # --- the contract ------------------------------------------------------------------------------------
 
@@ -416,60 +341,3 @@ class VllmEngine(Engine):
         if self.tmpdir:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
-
-
-def _eos_token_ids(hf_config: Any, model_path: str) -> tuple[int, ...]:
-    """EOS ids from the model config plus generation_config.json (Llama 3 instruct lists several there)."""
-    found: list[int] = []
-    ids = getattr(hf_config, "eos_token_id", None)
-    found += list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
-    path = Path(model_path, "generation_config.json")
-    if path.is_file():
-        generation = json.loads(path.read_text()).get("eos_token_id")
-        found += generation if isinstance(generation, list) else ([generation] if generation is not None else [])
-    return tuple(dict.fromkeys(int(i) for i in found))
-
-
-class TreeMemoryMonitor(MemoryMonitor):
-    """Peak memory as the process tree's RSS: vLLM's weights and KV cache live in its child processes,
-    out of reach of this process's torch allocator counters."""
-
-    def result(self) -> dict[str, Any]:
-        out = super().result()
-        out["peak_memory_bytes"] = self.peak_rss
-        out["memory_scope"] = "process tree (RSS)"
-        return out
-
-
-class StatsRecorder:
-    """A vLLM stat logger: vLLM calls record() after every step with its scheduler stats (KV usage, prefix-cache
-    queries and hits) and iteration stats (preemptions); stats() reports what it kept."""
-
-    def __init__(self) -> None:
-        self.kv_usage_last: float | None = None
-        self.kv_usage_peak: float | None = None
-        self.prefix_queries = 0
-        self.prefix_hits = 0
-        self.preemptions = 0
-
-    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
-               engine_idx: int = 0) -> None:  # fmt: skip
-        if scheduler_stats is not None:
-            usage = float(scheduler_stats.kv_cache_usage)
-            self.kv_usage_last = usage
-            self.kv_usage_peak = max(self.kv_usage_peak or 0.0, usage)
-            prefix = scheduler_stats.prefix_cache_stats
-            if prefix is not None:
-                self.prefix_queries += int(prefix.queries)
-                self.prefix_hits += int(prefix.hits)
-        if iteration_stats is not None:
-            self.preemptions += int(getattr(iteration_stats, "num_preempted_reqs", 0))
-
-    def log_engine_initialized(self) -> None:
-        pass
-
-    def log(self) -> None:
-        pass
-
-    def record_sleep_state(self, is_awake: int, level: int) -> None:
-        pass
