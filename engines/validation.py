@@ -6,9 +6,10 @@ request (wrong types included) becomes that request's own error output and never
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from engines.base import Arrivals, Request, SamplingParams, is_finite_real, is_int, show
+from engines.base import Arrivals, Request, RequestOutput, SamplingParams, is_finite_real, is_int, show
 
 
 def request_error(
@@ -110,3 +111,15 @@ def check_arrivals(arrivals: Any, num_requests: int) -> None:
     limit = arrivals.max_concurrency
     if limit is not None and (not is_int(limit) or limit < 1):
         raise ValueError(f"serve: arrivals.max_concurrency must be None or an int >= 1, got {show(limit)}")
+
+
+def reject_bad(
+    requests: Sequence[Any], arrival: float, check: Callable[[Any], str | None]
+) -> list[RequestOutput | None]:
+    """Check every request before any runs: an error output for each one `check` rejects, None for the others."""
+    outputs: list[RequestOutput | None] = []
+    for index, request in enumerate(requests):
+        error = check(request)
+        outputs.append(None if error is None else
+                       RequestOutput(output_id(request, index), prompt_len(request), [], [], arrival, "error", error))
+    return outputs

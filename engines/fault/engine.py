@@ -29,7 +29,7 @@ from engines.base import (
     now,
 )
 from engines.fault.config import Fault, FaultAt, FaultOptions
-from engines.validation import request_error
+from engines.validation import reject_bad, request_error
 
 
 def trigger(fault: Fault) -> None:
@@ -66,16 +66,15 @@ class FaultEngine(Engine):
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         trigger(self.fault)
         arrival = now()
-        outputs = []
-        for r in requests:
-            error = request_error(r, self.vocab_size, None)
-            times = [] if error else [now() for _ in range(r.sampling.max_tokens)]
-            reason = "error" if error else "length"
-            outputs.append(RequestOutput(r.request_id, len(r.prompt_token_ids), [0] * len(times), times, arrival,
-                                         reason, error))  # fmt: skip
+        outputs = reject_bad(requests, arrival, lambda r: request_error(r, self.vocab_size, None))
+        for index, request in enumerate(requests):
+            if outputs[index] is None:
+                times = [now() for _ in range(request.sampling.max_tokens)]
+                outputs[index] = RequestOutput(request.request_id, len(request.prompt_token_ids), [0] * len(times),
+                                               times, arrival, "length")  # fmt: skip
             if progress:
                 progress(1)
-        return outputs
+        return outputs  # type: ignore[return-value]
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
         trigger(self.fault)

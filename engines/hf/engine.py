@@ -38,7 +38,7 @@ from engines.hf.config import HfOptions
 from engines.memory import release_memory
 from engines.hf.steps import StepRecorder
 from engines.padding import pad_batch, token_budget_batches
-from engines.validation import checked_sequences, output_id, prompt_len, request_error
+from engines.validation import checked_sequences, reject_bad, request_error
 
 
 def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
@@ -136,15 +136,8 @@ class HFEngine(Engine):
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         arrival = now()
-        outputs: list[RequestOutput | None] = [None] * len(requests)
-        runnable = []
-        for index, request in enumerate(requests):  # all checked before any runs
-            error = request_error(request, self.vocab_size, self.context_len)
-            if error is None:
-                runnable.append(index)
-                continue
-            name = output_id(request, index)
-            outputs[index] = RequestOutput(name, prompt_len(request), [], [], arrival, "error", error)
+        outputs = reject_bad(requests, arrival, lambda r: request_error(r, self.vocab_size, self.context_len))
+        runnable = [index for index, output in enumerate(outputs) if output is None]
         if progress and len(runnable) < len(requests):
             progress(len(requests) - len(runnable))
         batches = self.batches([requests[i] for i in runnable])

@@ -51,7 +51,7 @@ from engines.base import (
     now,
 )
 from engines.llamacpp.config import LlamaCppOptions
-from engines.validation import checked_sequences, output_id, prompt_len, request_error
+from engines.validation import checked_sequences, reject_bad, request_error
 
 
 def as_options(options: EngineOptions) -> LlamaCppOptions:
@@ -243,14 +243,8 @@ class LlamaCppEngine(Engine):
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         arrival = now()
-        outputs: list[RequestOutput | None] = [None] * len(requests)
-        runnable = []
-        for index, request in enumerate(requests):  # all checked before any runs
-            error = request_error(request, self.vocab_size, self.context_len)
-            if error is None:
-                runnable.append(index)
-                continue
-            outputs[index] = RequestOutput(output_id(request, index), prompt_len(request), [], [], arrival, "error", error)
+        outputs = reject_bad(requests, arrival, lambda r: request_error(r, self.vocab_size, self.context_len))
+        runnable = [index for index, output in enumerate(outputs) if output is None]
         if progress and len(runnable) < len(requests):
             progress(len(requests) - len(runnable))
         for index in runnable:

@@ -34,7 +34,7 @@ from engines.base import (
     now,
 )
 from engines.memory import process_tree_rss
-from engines.validation import checked_sequences, output_id, prompt_len, request_error
+from engines.validation import checked_sequences, reject_bad, request_error
 from engines.vllm.config import VllmOptions
 from engines.vllm.setup import model_source, set_environment
 from engines.vllm.stats import StatsRecorder, TreeMemoryMonitor
@@ -169,17 +169,12 @@ class VllmEngine(Engine):
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         arrival = now()
         self.calls += 1
-        outputs: list[RequestOutput | None] = [None] * len(requests)
+        outputs = reject_bad(requests, arrival,
+                             lambda r: request_error(r, self.vocab_size, self.max_model_len, self._max_kv_tokens()))
         pending: dict[str, int] = {}
         tokens: dict[int, list[int]] = {}
         times: dict[int, list[float]] = {}
-        failed = 0
-        for index, request in enumerate(requests):  # every request checked before any is submitted
-            error = request_error(request, self.vocab_size, self.max_model_len, self._max_kv_tokens())
-            if error is not None:
-                outputs[index] = RequestOutput(output_id(request, index), prompt_len(request), [], [], arrival,
-                                               "error", error)  # fmt: skip
-                failed += 1
+        failed = sum(output is not None for output in outputs)
         params: dict[int, Any] = {}
         for index, request in enumerate(requests):
             if outputs[index] is not None:
