@@ -53,11 +53,12 @@ def process_tree_rss() -> int:
 
 
 class MemoryMonitor:
-    """`with MemoryMonitor(device) as m: ...` then `m.result()`: peak bytes during the block. RSS covers
-    this process and its descendants at the start (vLLM keeps its weights and KV in child processes)."""
+    """`with MemoryMonitor(device) as m: ...` then `m.result()`: peak bytes during the block. RSS is this
+    process's, or with `tree=True` the sum over it and the descendants it has at the start."""
 
-    def __init__(self, device: str, interval_s: float = SAMPLE_INTERVAL_S):
+    def __init__(self, device: str, interval_s: float = SAMPLE_INTERVAL_S, tree: bool = False):
         self.device = device
+        self.with_children = tree
         self.interval_s = interval_s
         self.process = psutil.Process(os.getpid())
         self.cuda = device.startswith("cuda")
@@ -95,7 +96,8 @@ class MemoryMonitor:
             torch.cuda.reset_peak_memory_stats(index)
             self.cuda_index = index
             self.nvml = nvml_handle(index)
-        self.tree = [self.process, *self.process.children(recursive=True)]  # an engine's helper processes too
+        if self.with_children:  # an engine that keeps its model in helper processes (vLLM)
+            self.tree = [self.process, *self.process.children(recursive=True)]
         self.start_rss = tree_rss(self.tree)
         self.peak_rss = self.start_rss
         self.sample()

@@ -11,6 +11,9 @@ class TreeMemoryMonitor(MemoryMonitor):
     """Peak memory as the process tree's RSS: vLLM's weights and KV cache live in its child processes,
     out of reach of this process's torch allocator counters."""
 
+    def __init__(self, device: str) -> None:
+        super().__init__(device, tree=True)
+
     def result(self) -> dict[str, Any]:
         out = super().result()
         out["peak_memory_bytes"] = self.peak_rss
