@@ -8,8 +8,10 @@ cd "$(dirname "$0")"
 say() { echo "ci_cluster: $*"; }
 log=${TMPDIR:-/tmp}/infermatrix-ci-cluster.log
 idle() { timeout 10 sinfo -h -o %T 2>/dev/null | grep -q idle; }
+# accounting answers too: submitit and the tests poll sacct, which fails when mariadbd or slurmdbd is gone
+accounting() { timeout 10 sacctmgr -n list cluster >/dev/null 2>&1; }
 
-if command -v sinfo >/dev/null && idle; then
+if command -v sinfo >/dev/null && idle && accounting; then
     say "SLURM is already up: $(timeout 10 sinfo -h -o '%P %D %T %c CPUs %m MB' | head -1)"
     exit 0
 fi

@@ -11,7 +11,8 @@ chown mysql:mysql /run/mysqld
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
 if ! pgrep -x mariadbd >/dev/null; then
     [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
-    runuser -u mysql -- /usr/sbin/mariadbd --skip-networking=0 --bind-address=127.0.0.1 >/var/log/slurm/mariadb.log 2>&1 &
+    # its own session: a signal to the caller's process group (a CI job ending) must not take the database
+    setsid runuser -u mysql -- /usr/sbin/mariadbd --skip-networking=0 --bind-address=127.0.0.1 >/var/log/slurm/mariadb.log 2>&1 &
     for _ in $(seq 50); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmdb'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
