@@ -184,7 +184,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None, code: str | None = 
 
 
 GOODPUT_TARGET = 0.9  # default goodput fraction a rate must reach to "meet the SLOs"
-_RATE_PART = re.compile(r"(?:^|,)rate=[^,/]+")
+_RATE_PART = re.compile(r"(?<=[/,])rate=[^,/]+,?")
 
 
 def _rate(row: dict[str, Any]) -> float | None:
@@ -197,10 +197,9 @@ def _rate(row: dict[str, Any]) -> float | None:
 
 
 def _without_rate(cell: str) -> str:
-    """The cell's name with its `rate=` part removed: the cells of one rate sweep share it."""
-    head, _, options = cell.rpartition("/")
-    options = _RATE_PART.sub("", options).lstrip(",")
-    return f"{head}/{options}" if options else head
+    """The cell's name with its `rate=` part removed: the cells of one rate sweep share it (option values
+    may hold slashes, e.g. a base_url)."""
+    return _RATE_PART.sub("", cell).rstrip(",/")
 
 
 def _rate_text(rate: float) -> str:

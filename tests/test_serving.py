@@ -299,3 +299,13 @@ def test_a_rate_sweep_through_the_cli_prints_goodput_and_the_highest_rate_meetin
     assert spans[0] > spans[1] > 0
     assert "goodput req/s" in proc.stdout and "Goodput per request rate" in proc.stdout
     assert "highest rate meeting the SLOs: " in proc.stdout
+
+
+def test_a_rate_sweep_groups_cells_whose_options_hold_slashes():
+    from harness.report import _without_rate
+
+    url = "openai/m/serving/fixed/rate=4,base_url=http://127.0.0.1:8100/v1"
+    assert _without_rate(url) == _without_rate(url.replace("rate=4", "rate=8")) == \
+        "openai/m/serving/fixed/base_url=http://127.0.0.1:8100/v1"
+    assert _without_rate("own/m/serving/fixed/rate=2") == "own/m/serving/fixed"
+    assert _without_rate("own/m/serving/fixed/rate=2,max_concurrency=4") == "own/m/serving/fixed/max_concurrency=4"
