@@ -60,7 +60,9 @@ def cell_name(config: dict) -> str:
         chosen = [f"rate={rate:g}" if isinstance(rate, (int, float)) else f"rate={rate}"] + (
             [f"max_concurrency={scenario['max_concurrency']}"] if scenario.get("max_concurrency") is not None else []
         ) + chosen
-    parts = [config["engine"]["name"], config["model"]["name"], config["scenario"]["name"], config["workload"]["name"]]
+    dtype = config["model"].get("dtype", "float32")
+    model = config["model"]["name"] + ("" if dtype == "float32" else f":{dtype}")  # fp32 and bf16 cells differ
+    parts = [config["engine"]["name"], model, config["scenario"]["name"], config["workload"]["name"]]
     return "/".join(parts) + ("/" + ",".join(chosen) if chosen else "")
 
 

@@ -102,3 +102,11 @@ def test_invalid_tracker_config_fails_the_cell_without_stopping_the_sweep(tmp_pa
     row, out = cell(tmp_path, "a", "engine.name=fake", "tracker.mode=sometimes")
     assert row["status"] == "failed" and "sometimes" in row["reason"]
     assert row["tracker.tracker"] == "invalid" and (out / "result.json").is_file()
+
+
+def test_a_cell_name_says_what_differs_from_the_defaults():
+    from harness.runner import cell_name
+
+    config = {"technique": {"kv_cache": "paged", "graphs": None}, "engine": {"name": "own", "block_size": 32},
+              "model": {"name": "m", "dtype": "bfloat16"}, "scenario": {"name": "latency"}, "workload": {"name": "w"}}
+    assert cell_name(config) == "own/m:bfloat16/latency/w/kv_cache=paged,block_size=32"
