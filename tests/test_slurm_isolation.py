@@ -20,7 +20,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from harness import record
-from harness.config import NON_SEMANTIC_KEYS, register
+from harness.config import register
+from harness.runner import semantic_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "slurm" / "sweep.sbatch"
@@ -95,7 +96,7 @@ def config_hash(overrides: list[str]) -> str:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    return record.config_hash({k: v for k, v in resolved.items() if k not in NON_SEMANTIC_KEYS})
+    return record.config_hash(semantic_config(resolved))  # the runner's own rule, not a copy of it
 
 
 def wait_for(condition, timeout_s: float, what: str) -> None:
