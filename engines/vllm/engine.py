@@ -226,12 +226,7 @@ class VllmEngine(Engine):
                 if progress and finished:
                     progress(finished)
         except BaseException:
-            left = [k for k, i in pending.items() if outputs[i] is None]
-            try:
-                if left:
-                    self.llm.abort_request(left)
-            except Exception:
-                pass
+            self._abort([k for k, i in pending.items() if outputs[i] is None])
             raise
         for key, index in pending.items():  # should not happen: the loop ended with a request unfinished
             if outputs[index] is None:
@@ -273,17 +268,20 @@ class VllmEngine(Engine):
                         greedy.append(chosen.rank == 1)
                     results[index] = ScoredSequence(logprobs, greedy)
         except BaseException:
-            left = [k for k, i in keys.items() if results[i] is None]
-            try:
-                if left:
-                    self.llm.abort_request(left)
-            except Exception:
-                pass
+            self._abort([k for k, i in keys.items() if results[i] is None])
             raise
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             raise RuntimeError(f"score: vLLM returned no prompt log-probs for sequences {missing}")
         return results  # type: ignore[return-value]
+
+    def _abort(self, request_ids: list[str]) -> None:
+        """Drop what vLLM still holds of a call that failed, so the next call starts idle."""
+        try:
+            if request_ids:
+                self.llm.abort_request(request_ids)
+        except Exception:  # the original failure is what the caller must see
+            pass
 
     def stats(self) -> dict[str, Any]:
         recorder = self.recorder
