@@ -114,12 +114,17 @@ def check_arrivals(arrivals: Any, num_requests: int) -> None:
 
 
 def reject_bad(
-    requests: Sequence[Any], arrival: float, check: Callable[[Any], str | None]
+    requests: Sequence[Any], arrival: float, check: Callable[[Any], str | None],
+    progress: Callable[[int], None] | None = None,
 ) -> list[RequestOutput | None]:
-    """Check every request before any runs: an error output for each one `check` rejects, None for the others."""
+    """Check every request before any runs: an error output for each one `check` rejects, None for the others;
+    the rejected ones count as finished for `progress`."""
     outputs: list[RequestOutput | None] = []
     for index, request in enumerate(requests):
         error = check(request)
         outputs.append(None if error is None else
                        RequestOutput(output_id(request, index), prompt_len(request), [], [], arrival, "error", error))
+    rejected = sum(output is not None for output in outputs)
+    if progress and rejected:
+        progress(rejected)
     return outputs

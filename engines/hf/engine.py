@@ -136,10 +136,8 @@ class HFEngine(Engine):
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         arrival = now()
-        outputs = reject_bad(requests, arrival, lambda r: request_error(r, self.vocab_size, self.context_len))
+        outputs = reject_bad(requests, arrival, lambda r: request_error(r, self.vocab_size, self.context_len), progress)
         runnable = [index for index, output in enumerate(outputs) if output is None]
-        if progress and len(runnable) < len(requests):
-            progress(len(requests) - len(runnable))
         batches = self.batches([requests[i] for i in runnable])
         for batch in batches:
             members = [runnable[i] for i in batch]

@@ -243,10 +243,8 @@ class LlamaCppEngine(Engine):
 
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         arrival = now()
-        outputs = reject_bad(requests, arrival, lambda r: request_error(r, self.vocab_size, self.context_len))
+        outputs = reject_bad(requests, arrival, lambda r: request_error(r, self.vocab_size, self.context_len), progress)
         runnable = [index for index, output in enumerate(outputs) if output is None]
-        if progress and len(runnable) < len(requests):
-            progress(len(requests) - len(runnable))
         for index in runnable:
             outputs[index] = self.run_one(requests[index], arrival)
             if progress:
