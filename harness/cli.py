@@ -45,6 +45,10 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:  # `infermatrix report RESULTS...`: no Hydra, no measurement
+        from harness.report.cli import main as report
+
+        sys.exit(report(sys.argv[2:]))
     from harness.callbacks import FAILED_CELLS
     from harness.config import check_overrides
     from harness.trackers.secrets import refuse_secret_overrides

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from engines import ENGINES, options_class
 from engines.base import Technique
 from harness.eval.config import EvalConfig
+from harness.experiment import ExperimentConfig
 from harness.trackers.config import TrackerConfig
 
 
@@ -226,6 +227,7 @@ class Config:
     technique: Technique = field(default_factory=Technique)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # +experiment=<name>: a study and its claims
     device: Device = Device.auto
     threads: int | None = None  # torch threads on CPU; None = one per core
     store: str = "results"  # results store: results.jsonl of every cell, used to reuse finished cells
@@ -241,7 +243,7 @@ class Config:
 
 
 # Keys that do not change what is measured: left out of the config hash.
-NON_SEMANTIC_KEYS = ("tracker", "store", "reuse", "isolation", "cell_timeout_s")
+NON_SEMANTIC_KEYS = ("tracker", "store", "reuse", "isolation", "cell_timeout_s", "experiment")
 
 
 def register() -> None:

@@ -93,14 +93,45 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
         "finished_at": result.get("finished_at"),
         "load_avg_1m": (result.get("load_average") or [None])[0],
     }
+    row.update(experiment_columns(config))
     row.update(flatten(result.get("technique_applied") or config.get("technique", {}), "technique."))
     row.update(flatten(result.get("metrics", {})))
     serving = {k: v for k, v in (result.get("serving") or {}).items() if k != "schedules"}
     row.update(flatten(serving, "serving."))
     row.update(flatten(result.get("ci95") or {}, "ci95."))
     row.update(accuracy_columns(result.get("accuracy") or {}))
+    stats = result.get("engine_stats") or {}
+    row.update(flatten({k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool, dict))}, "engine_stats."))
+    for block in ("quantization", "perplexity", "cost", "energy"):  # techniques' and hardware's own blocks
+        if isinstance(result.get(block), dict):
+            row.update(flatten(result[block], f"{block}."))
     row.update(flatten(result.get("tracker", {}), "tracker."))
     return _clean(row)
+
+
+def lengths_text(lengths: dict | None) -> str | None:
+    """A length distribution as one comparable value: "128", "64-512" or "N(300,50) in 1-1024"."""
+    if not isinstance(lengths, dict):
+        return None
+    dist = lengths.get("dist")
+    if dist == "fixed":
+        return str(lengths.get("mean"))
+    if dist == "uniform":
+        return f"{lengths.get('low')}-{lengths.get('high')}"
+    return f"N({lengths.get('mean')},{lengths.get('std')}) in {lengths.get('low')}-{lengths.get('high')}"
+
+
+def experiment_columns(config: dict) -> dict[str, Any]:
+    """What a report needs to pair cells and find their claims: the experiment, precision and lengths."""
+    workload = config.get("workload") or {}
+    prefix = workload.get("shared_prefix_len") or 0
+    input_len = lengths_text(workload.get("input_len"))
+    return {
+        "experiment": (config.get("experiment") or {}).get("name") or None,
+        "model_dtype": (config.get("model") or {}).get("dtype"),
+        "workload.input_len": f"{prefix}+{input_len}" if prefix and input_len else input_len,
+        "workload.output_len": lengths_text(workload.get("output_len")),
+    }
 
 
 def accuracy_columns(accuracy: dict) -> dict[str, Any]:

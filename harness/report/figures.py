@@ -1,0 +1,154 @@
+"""The report's figures as SVG text, drawn the same way every time (fixed ids, no date, fixed order), so
+rebuilding a report from the same results gives byte-identical files.
+
+- pareto: output tok/s per device vs tok/s per user (1000 / mean TPOT), per engine, with each engine's
+  Pareto front (no other cell of the engine is better on both axes), as InferenceX and vLLM's plot_pareto;
+- speedups: each claim measurement's ratio with its 95% interval, over the claimed range;
+- accuracy_memory_speed: memory (weights when recorded, else peak) vs output tok/s, coloured by accuracy;
+- acceptance: speculation acceptance rate vs draft length k, one line per method.
+Each returns None when the rows hold nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from harness.report.claims import ClaimCheck
+from harness.report.rows import number, text
+
+SVG_SETTINGS = {"svg.hashsalt": "infermatrix", "svg.fonttype": "path", "font.size": 9, "axes.grid": True,
+                "grid.alpha": 0.3}  # fmt: skip
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context(SVG_SETTINGS):
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "infermatrix"})
+    return buffer.getvalue()
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(SVG_SETTINGS):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def _devices(row: dict[str, Any]) -> float:
+    """Devices a cell ran on: GPUs when it names them (`hardware` "cuda: 8x ..."), else 1 (a CPU)."""
+    label = str(row.get("hardware") or "")
+    head = label.split(": ", 1)[-1].split("x ", 1)[0]
+    return float(head) if label.startswith("cuda") and head.isdigit() else 1.0
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (higher is better on both), by x."""
+    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+    return sorted(set(front))
+
+
+def pareto(rows: list[dict[str, Any]]) -> str | None:
+    by_engine: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        tpot, tput = number(row, "tpot_ms.mean"), number(row, "output_throughput_tok_s")
+        if row.get("status") == "ok" and tpot and tput:
+            by_engine.setdefault(str(row.get("engine")), []).append((1000.0 / tpot, tput / _devices(row)))
+    if not by_engine:
+        return None
+    fig = _figure(6.5, 4.2)
+    ax = fig.add_subplot()
+    for i, (engine, points) in enumerate(sorted(by_engine.items())):
+        colour = COLOURS[i % len(COLOURS)]
+        ax.scatter(*zip(*points), color=colour, s=18, alpha=0.6)
+        front = pareto_front(points)
+        ax.plot(*zip(*front), color=colour, marker="o", label=f"{engine} ({len(points)} cells)")
+    ax.set_xlabel("tok/s per user (1000 / mean TPOT ms)")
+    ax.set_ylabel("output tok/s per device")
+    ax.set_title("Throughput vs per-user speed (lines: Pareto front per engine)")
+    ax.legend(loc="best")
+    return _svg(fig)
+
+
+def speedups(checks: list[ClaimCheck]) -> str | None:
+    bars = [(m, c) for c in checks if c.spec.kind.value == "ratio" for m in c.measurements]
+    if not bars:
+        return None
+    fig = _figure(7.5, 1.0 + 0.42 * len(bars))
+    ax = fig.add_subplot()
+    for y, (m, c) in enumerate(bars):
+        f = m.figure
+        xerr = [[f.value - f.low], [f.high - f.value]] if f.low is not None and f.high is not None else None
+        ax.barh(y, f.value, xerr=xerr, capsize=3, color=COLOURS[0] if m.verdict == "holds" else COLOURS[7])
+        low, high = c.spec.low, c.spec.high
+        if low is not None or high is not None:  # the claimed range, as a band on this bar's row
+            ax.fill_betweenx([y - 0.45, y + 0.45], low if low is not None else 0.0,
+                             high if high is not None else max(f.value, low or 0.0) * 1.5, color=COLOURS[1], alpha=0.25)  # fmt: skip
+    ax.set_yticks(range(len(bars)), [m.label for m, _ in bars])
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speedup over the baseline (log scale; whiskers: 95% CI; orange band: claimed range)")
+    ax.set_title("Each technique over its baseline (blue: within the claim, grey: not)")
+    return _svg(fig)
+
+
+def _accuracy(row: dict[str, Any]) -> tuple[str, float] | None:
+    """The row's first accuracy figure (sorted by column name) or perplexity, with its name."""
+    for column in sorted(row):
+        if column.startswith("accuracy.") and column.count(".") == 2 and (v := number(row, column)) is not None:
+            return column.removeprefix("accuracy."), v
+    for column in sorted(row):
+        if column.startswith("perplexity.") and (v := number(row, column)) is not None:
+            return column, v
+    return None
+
+
+def accuracy_memory_speed(rows: list[dict[str, Any]]) -> str | None:
+    points = []
+    for row in rows:
+        memory = number(row, "quantization.weight_bytes") or number(row, "peak_memory_bytes")
+        tput = number(row, "output_throughput_tok_s")
+        if row.get("status") == "ok" and memory and tput:
+            points.append((memory / 1e6, tput, _accuracy(row), str(row.get("cell"))))
+    if not points:
+        return None
+    fig = _figure(6.5, 4.2)
+    ax = fig.add_subplot()
+    scored = [p for p in points if p[2] is not None]
+    plain = [p for p in points if p[2] is None]
+    if plain:
+        ax.scatter([p[0] for p in plain], [p[1] for p in plain], color=COLOURS[7], label="no accuracy measured")
+    if scored:
+        dots = ax.scatter([p[0] for p in scored], [p[1] for p in scored], c=[p[2][1] for p in scored], cmap="viridis")
+        fig.colorbar(dots, ax=ax, label=scored[0][2][0])
+    ax.set_xlabel("memory MB (quantized weights where recorded, else peak process memory)")
+    ax.set_ylabel("output tok/s")
+    ax.set_title("Accuracy vs memory vs speed")
+    if plain:
+        ax.legend(loc="best")
+    return _svg(fig)
+
+
+def acceptance(rows: list[dict[str, Any]]) -> str | None:
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        k, rate = number(row, "technique.spec_k"), number(row, "engine_stats.speculation.acceptance_rate")
+        if row.get("status") == "ok" and k is not None and rate is not None:
+            lines.setdefault(f"{row.get('engine')} {text(row.get('technique.spec'))}", []).append((k, rate))
+    if not lines:
+        return None
+    fig = _figure(6.0, 3.8)
+    ax = fig.add_subplot()
+    for i, (name, points) in enumerate(sorted(lines.items())):
+        ax.plot(*zip(*sorted(points)), marker="o", color=COLOURS[i % len(COLOURS)], label=name)
+    ax.set_xlabel("draft length k")
+    ax.set_ylabel("acceptance rate")
+    ax.set_ylim(0, 1)
+    ax.set_title("Speculation: acceptance vs draft length")
+    ax.legend(loc="best")
+    return _svg(fig)
