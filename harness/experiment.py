@@ -52,6 +52,7 @@ class ClaimSpec:
     not_here: str | None = None  # why this machine kind cannot measure it
 
     def __post_init__(self) -> None:
+        self.kind, self.better = ClaimKind(self.kind), Better(self.better)  # plain strings when built in code
         if not self.id or not self.claim:
             raise ValueError(f"a claim needs an id and its text, got id={self.id!r}")
         if self.kind is ClaimKind.ratio and not (self.treatment and self.baseline):
