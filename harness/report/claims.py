@@ -5,7 +5,7 @@ Verdict of one measurement against the claimed range [low, high]:
 - holds: the value is in the range;
 - does not hold: the value and its whole 95% interval are outside it;
 - partly: the value is outside but the interval reaches into it (this machine cannot tell).
-Over several measurements (several lengths or pairs): holds if all hold, does not hold if none holds,
+Over several measurements (several lengths or pairs): holds if all hold, does not hold if all do not,
 partly otherwise. No measurement: "not measurable here" with the reason (a skipped or failed cell's, or
 the claim's `not_here`), or "not measured yet" when the experiment has no rows.
 """

@@ -33,6 +33,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "(default: each cell's scenario.slo.target)")  # fmt: skip
     parser.add_argument("--out", metavar="DIR", help="write report.md, report.html and figures/ to DIR")
     parser.add_argument("--title", default="infermatrix report", help="the report's title")
+    parser.add_argument("--note", action="append", default=[], metavar="TEXT",
+                        help="a paragraph under the title, e.g. the command that measured the results (repeatable)")
     parser.add_argument("--all-claims", action="store_true",
                         help="list the claims of every experiment in conf/experiment/, measured or not")
     parser.add_argument("--wandb", action="store_true", help="build a W&B Report of these sweeps' runs")
@@ -46,7 +48,7 @@ def write_report(args: argparse.Namespace, argv: list[str]) -> list[Path]:
     rows = load_tables(args.results)
     checks = check_all(rows, declared_experiments(), every=args.all_claims)
     command = "infermatrix report " + " ".join(shlex.quote(a) for a in argv)
-    sections = page.build(rows, checks, args.title, command, list(args.results))
+    sections = page.build(rows, checks, args.title, command, list(args.results), args.note)
     out = Path(args.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     written = []

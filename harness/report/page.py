@@ -75,9 +75,9 @@ def cells_table(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def build(rows: list[dict[str, Any]], checks: list[ClaimCheck], title: str, command: str,
-          sources: list[str]) -> list[Section]:  # fmt: skip
+          sources: list[str], notes: list[str] = ()) -> list[Section]:  # fmt: skip
     """Every section of the report, in order; figures only where the rows have data for them."""
-    sections = [Section(title, [f"Made by: `{command}`",
+    sections = [Section(title, [*notes, f"Made by: `{command}`",
                                 "From: " + ", ".join(f"`{s}`" for s in sources) + f" ({len(rows)} cells).",
                                 "Numbers are read from the results tables as measured; intervals are 95% "
                                 "Student-t over repeats (ratios: on the log scale, Welch degrees of freedom)."])]  # fmt: skip
