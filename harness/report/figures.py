@@ -78,7 +78,7 @@ def speedups(checks: list[ClaimCheck]) -> str | None:
     bars = [(m, c) for c in checks if c.spec.kind.value == "ratio" for m in c.measurements]
     if not bars:
         return None
-    fig = _figure(7.5, 1.0 + 0.42 * len(bars))
+    fig = _figure(8.5, 1.4 + 0.42 * len(bars))
     ax = fig.add_subplot()
     for y, (m, c) in enumerate(bars):
         f = m.figure
@@ -92,8 +92,8 @@ def speedups(checks: list[ClaimCheck]) -> str | None:
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("speedup over the baseline (log scale; whiskers: 95% CI; orange band: claimed range)")
-    ax.set_title("Each technique over its baseline (blue: within the claim, grey: not)")
+    ax.set_xlabel("speedup over the baseline (log scale)")
+    ax.set_title("Whiskers: 95% CI; orange band: claimed range;\nblue bar: the claim holds, grey: it does not or only partly")
     return _svg(fig)
 
 
@@ -126,6 +126,8 @@ def accuracy_memory_speed(rows: list[dict[str, Any]]) -> str | None:
     if scored:
         dots = ax.scatter([p[0] for p in scored], [p[1] for p in scored], c=[p[2][1] for p in scored], cmap="viridis")
         fig.colorbar(dots, ax=ax, label=scored[0][2][0])
+    for memory, tput, _, cell in points:  # the cell's techniques: the last part of its name
+        ax.annotate(cell.rsplit("/", 1)[-1], (memory, tput), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("memory MB (quantized weights where recorded, else peak process memory)")
     ax.set_ylabel("output tok/s")
     ax.set_title("Accuracy vs memory vs speed")
