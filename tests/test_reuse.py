@@ -86,3 +86,11 @@ def test_rerunning_into_the_same_sweep_folder_keeps_one_row_per_job(tmp_path):
     rows = list(record.read_rows(tmp_path / "sweep" / record.TABLE_NAME))
     assert sorted(Path(r["job_dir"]).name for r in rows) == ["0", "1"]
     assert len(list(record.read_rows(tmp_path / "store" / record.TABLE_NAME))) == 3  # the store keeps history
+
+
+def test_a_cell_reused_by_another_experiment_is_counted_in_that_experiment(tmp_path):
+    """The experiment is no part of the config hash: a study reuses another's cell and claims it as its own."""
+    first = cell(tmp_path, "a", "+experiment=graphs")  # FAST's engine and lengths win over the experiments'
+    again = cell(tmp_path, "b", "+experiment=kv_cache")
+    assert measured(first) and not measured(again) and again["config_hash"] == first["config_hash"]
+    assert (first["experiment"], again["experiment"]) == ("graphs", "kv_cache")
