@@ -92,6 +92,7 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
         "result_path": str(result_path),
         "finished_at": result.get("finished_at"),
         "load_avg_1m": (result.get("load_average") or [None])[0],
+        "threads": result.get("threads"),
     }
     row.update(experiment_columns(config))
     row.update(flatten(result.get("technique_applied") or config.get("technique", {}), "technique."))

@@ -10,12 +10,13 @@ from typing import Any
 from harness.report import figures
 from harness.report.claims import ClaimCheck, claimed_text
 from harness.report.ratio import Figure
-from harness.report.rows import interval, number
+from harness.report.rows import interval, number, text
 
 # Cell-table columns: (header, results column, format); a column shows only when some row has it.
 CELL_COLUMNS = (("out tok/s", "output_throughput_tok_s", ".1f"), ("TTFT ms", "ttft_ms.mean", ".1f"),
                 ("TPOT ms", "tpot_ms.mean", ".2f"), ("E2E ms", "e2el_ms.mean", ".0f"),
-                ("peak MB", "peak_memory_bytes", "mb"), ("load", "load_avg_1m", ".1f"))  # fmt: skip
+                ("peak MB", "peak_memory_bytes", "mb"), ("n", "ci95.output_throughput_tok_s.n", ".0f"),
+                ("load", "load_avg_1m", ".1f"))  # fmt: skip
 EXTRA_PREFIXES = ("cost.", "energy.", "quantization.", "perplexity.", "engine_stats.speculation.")
 
 
@@ -60,7 +61,7 @@ def claims_table(checks: list[ClaimCheck]) -> list[list[str]]:
 def cells_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     extra = sorted({k for r in rows for k in r if k.startswith(EXTRA_PREFIXES) and number(r, k) is not None})
     columns = [c for c in CELL_COLUMNS if any(number(r, c[1]) is not None for r in rows)]
-    table = [["cell", "status", *[h for h, _, _ in columns], *extra, "device", "note"]]
+    table = [["cell", "status", *[h for h, _, _ in columns], *extra, "threads", "dtype", "device", "note"]]
     for r in rows:
         values = []
         for header, column, spec in columns:
@@ -70,7 +71,7 @@ def cells_table(rows: list[dict[str, Any]]) -> list[list[str]]:
             values.append(shown)
         note = "" if r.get("status") == "ok" else str(r.get("reason") or "").strip().split("\n")[0]
         table.append([str(r.get("cell")), str(r.get("status")), *values, *[fmt(number(r, k), ".4g") for k in extra],
-                      str(r.get("hardware") or "-"), note])  # fmt: skip
+                      *[text(r[k]) if r.get(k) is not None else "-" for k in ("threads", "model_dtype")], str(r.get("hardware") or "-"), note])  # fmt: skip
     return table
 
 
