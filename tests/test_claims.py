@@ -112,3 +112,11 @@ def test_every_experiment_declares_seed_claims_with_a_source():
 def test_a_claim_without_selectors_is_refused():
     with pytest.raises(ValueError, match="needs treatment and baseline"):
         ClaimSpec(id="x", claim="y", treatment={"a": 1})
+
+
+def test_each_round_is_compared_with_its_own_baseline(tmp_path):
+    rounds = [result("kv_cache", {"kv_cache": kv}, 1, tpot) for kv, tpot in (("none", 900.0), ("paged", 30.0))]
+    again = [{**r, "sweep_id": "round-2", "config_hash": r["config_hash"]} for r in
+             (result("kv_cache", {"kv_cache": kv}, 1, tpot) for kv, tpot in (("none", 600.0), ("paged", 30.0)))]  # fmt: skip
+    checked = check("kv_cache", KV, rows_of(tmp_path, rounds + again))
+    assert [m.figure.value for m in checked.measurements] == pytest.approx([30.0, 20.0])

@@ -90,8 +90,9 @@ def _pairs(spec: ClaimSpec, ok: list[dict[str, Any]]) -> list[tuple[dict, dict]]
     found = []
     for row in (r for r in ok if matches(r, spec.treatment)):
         partners = [b for b in ok if matches(b, spec.baseline) and all(text(b.get(c)) == text(row.get(c)) for c in keys)]
-        if partners:
-            found.append((row, partners[-1]))  # the newest
+        same_sweep = [b for b in partners if b.get("sweep_id") == row.get("sweep_id")]
+        if partners:  # its own round's baseline (sweeps run A B A B as rounds), else the newest
+            found.append((row, (same_sweep or partners)[-1]))
     return found
 
 

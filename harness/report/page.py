@@ -11,6 +11,7 @@ from harness.report import figures
 from harness.report.claims import ClaimCheck, claimed_text
 from harness.report.ratio import Figure
 from harness.report.rows import interval, number, text
+from harness.report.table import stability_notes
 
 # Cell-table columns: (header, results column, format); a column shows only when some row has it.
 CELL_COLUMNS = (("out tok/s", "output_throughput_tok_s", ".1f"), ("TTFT ms", "ttft_ms.mean", ".1f"),
@@ -69,7 +70,7 @@ def cells_table(rows: list[dict[str, Any]]) -> list[list[str]]:
             if (ci := interval(r, column)) is not None:
                 shown += f" [{ci[0]:{spec}}, {ci[1]:{spec}}]"
             values.append(shown)
-        note = "" if r.get("status") == "ok" else str(r.get("reason") or "").strip().split("\n")[0]
+        note = "; ".join(stability_notes(r)) if r.get("status") == "ok" else str(r.get("reason") or "").strip().split("\n")[0]
         table.append([str(r.get("cell")), str(r.get("status")), *values, *[fmt(number(r, k), ".4g") for k in extra],
                       *[text(r[k]) if r.get(k) is not None else "-" for k in ("threads", "model_dtype")], str(r.get("hardware") or "-"), note])  # fmt: skip
     return table
