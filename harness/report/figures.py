@@ -54,10 +54,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def pareto(rows: list[dict[str, Any]]) -> str | None:
     by_engine: dict[str, list[tuple[float, float]]] = {}
+    labels: dict[tuple[float, float], str] = {}
     for row in rows:
         tpot, tput = number(row, "tpot_ms.mean"), number(row, "output_throughput_tok_s")
         if row.get("status") == "ok" and tpot and tput:
-            by_engine.setdefault(str(row.get("engine")), []).append((1000.0 / tpot, tput / _devices(row)))
+            point = (1000.0 / tpot, tput / _devices(row))
+            by_engine.setdefault(str(row.get("engine")), []).append(point)
+            labels.setdefault(point, str(row.get("cell")).rsplit("/", 1)[-1])  # the cell's techniques
     if not by_engine:
         return None
     fig = _figure(6.5, 4.2)
@@ -67,6 +70,8 @@ def pareto(rows: list[dict[str, Any]]) -> str | None:
         ax.scatter(*zip(*points), color=colour, s=18, alpha=0.6)
         front = pareto_front(points)
         ax.plot(*zip(*front), color=colour, marker="o", label=f"{engine} ({len(points)} cells)")
+    for point, label in sorted(labels.items()):
+        ax.annotate(label, point, fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("tok/s per user (1000 / mean TPOT ms)")
     ax.set_ylabel("output tok/s per device")
     ax.set_title("Throughput vs per-user speed (lines: Pareto front per engine)")
