@@ -61,7 +61,12 @@ def test_the_report_has_the_claims_and_one_panel_grid_per_sweep_over_its_runs(ro
 def test_the_builder_fits_the_real_reports_api(rows):
     wr = pytest.importorskip("wandb_workspaces.reports.v2")
     report = wandb_report.build(wr, "team", "infermatrix", rows, check_all(rows, declared_experiments()), "KV cache")
-    assert isinstance(report, wr.Report) and any(isinstance(b, wr.PanelGrid) for b in report.blocks)
+    assert isinstance(report, wr.Report)
+    [grid] = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    from wandb_workspaces import expr
+
+    selected = expr.expr_to_filters(grid.runsets[0].filters)  # the API's own parser: runs of this sweep's group
+    assert (selected.key.section, selected.key.name, selected.value) == ("run", "group", "sweep-kv_cache")
 
 
 def test_offline_it_prints_how_to_upload_the_runs_and_rebuild(rows, tmp_path, monkeypatch, capsys):
