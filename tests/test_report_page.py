@@ -41,7 +41,7 @@ def build(tables: list[Path], out: Path, env: dict | None = None) -> dict[str, b
     if env is None:
         assert main(args) == 0
     else:  # another interpreter with another hash seed: set and dict order must not leak into the files
-        proc = subprocess.run([sys.executable, "-m", "harness.report.cli", *args], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", "report", *args], capture_output=True, text=True,
                               env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
