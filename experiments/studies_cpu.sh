@@ -15,7 +15,7 @@ declare -A EXTRA=(
   # CPU-sized: the interpreted Triton kernels would take hours; flash_attn stays (its skipped cell says why)
   [attention]="technique.attention=torch,sdpa,flash_attn"
 )
-NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(kv_cache paged_kv batching prefix_cache attention)
+NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(kv_cache paged_kv batching prefix_cache attention batch_size)
 for name in "${NAMES[@]}"; do
   measure="infermatrix -m +experiment=$name ${EXTRA[$name]:-} reuse=never"
   if [ -z "${REPORT_ONLY:-}" ]; then

@@ -31,8 +31,8 @@ class Better(str, enum.Enum):
 
 # Columns two cells must share to be compared (besides what the selectors name): same model and
 # precision, same scenario, same workload and lengths, same machine.
-PAIR_ON = ["model", "model_dtype", "scenario", "workload", "workload.input_len", "workload.output_len",
-           "hardware_id"]  # fmt: skip
+PAIR_ON = ["model", "model_dtype", "scenario", "scenario.batch_size", "scenario.num_requests", "workload",
+           "workload.input_len", "workload.output_len", "hardware_id"]  # fmt: skip
 
 
 @dataclass

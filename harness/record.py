@@ -132,6 +132,8 @@ def experiment_columns(config: dict) -> dict[str, Any]:
         "model_dtype": (config.get("model") or {}).get("dtype"),
         "workload.input_len": f"{prefix}+{input_len}" if prefix and input_len else input_len,
         "workload.output_len": lengths_text(workload.get("output_len")),
+        "scenario.batch_size": (config.get("scenario") or {}).get("batch_size"),
+        "scenario.num_requests": (config.get("scenario") or {}).get("num_requests"),
     }
 
 

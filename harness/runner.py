@@ -60,6 +60,8 @@ def cell_name(config: dict) -> str:
         chosen = [f"rate={rate:g}" if isinstance(rate, (int, float)) else f"rate={rate}"] + (
             [f"max_concurrency={scenario['max_concurrency']}"] if scenario.get("max_concurrency") is not None else []
         ) + chosen
+    if scenario["name"] == ScenarioName.latency.value and scenario.get("batch_size", 1) != 1:
+        chosen = [f"batch={scenario['batch_size']}"] + chosen  # batch 1 and batch 8 cells differ here
     dtype = config["model"].get("dtype", "float32")
     model = config["model"]["name"] + ("" if dtype == "float32" else f":{dtype}")  # fp32 and bf16 cells differ
     parts = [config["engine"]["name"], model, config["scenario"]["name"], config["workload"]["name"]]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,8 @@ from harness.report.claims import FAILS, HOLDS, NOT_HERE, NOT_YET, PARTLY, check
 from harness.report.ratio import Figure, figure, ratio
 from harness.report.rows import load_tables
 from tests.report_rows import result, write_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KV = ClaimSpec(id="kv-1", claim="10-100x faster token generation", source="002", metric="tpot_ms.mean",
                better="lower", treatment={"technique.kv_cache": "paged"}, baseline={"technique.kv_cache": "none"},
@@ -120,3 +124,14 @@ def test_each_round_is_compared_with_its_own_baseline(tmp_path):
              (result("kv_cache", {"kv_cache": kv}, 1, tpot) for kv, tpot in (("none", 600.0), ("paged", 30.0)))]  # fmt: skip
     checked = check("kv_cache", KV, rows_of(tmp_path, rounds + again))
     assert [m.figure.value for m in checked.measurements] == pytest.approx([30.0, 20.0])
+
+
+def test_every_seed_claim_is_declared_by_an_experiment_or_listed_with_why_not():
+    seed = (ROOT.parent / "shared" / "notes" / "seed-claims.md")
+    seed = seed if seed.is_file() else Path("/work/shared/notes/seed-claims.md")
+    if not seed.is_file():
+        pytest.skip("the seed claims table is not beside this checkout")
+    ids = set(re.findall(r"^\| ([a-z]+-\d) \|", seed.read_text(), flags=re.M))
+    checks = check_all([], declared_experiments(), every=True)
+    assert ids - {c.spec.id for c in checks} == set()
+    assert all(c.reason for c in checks if c.experiment == "no experiment")

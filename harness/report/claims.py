@@ -23,6 +23,7 @@ from harness.report.ratio import Figure, figure, ratio
 from harness.report.rows import matches, text
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiment"
+UNTESTED = EXPERIMENTS_DIR.parent / "claims" / "untested.yaml"  # seed claims no experiment tests, with why
 HOLDS, PARTLY, FAILS, NOT_HERE, NOT_YET = "holds", "partly", "does not hold", "not measurable here", "not measured yet"
 
 
@@ -173,9 +174,17 @@ def _selectors(spec: ClaimSpec) -> str:
     return " vs ".join(", ".join(f"{k}={text(v)}" for k, v in s.items()) for s in (spec.treatment, spec.baseline) if s)
 
 
+def untested(path: Path = UNTESTED) -> list[ClaimCheck]:
+    """The seed claims no experiment tests, as "not measurable here" with the reason the file gives."""
+    specs = [OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ClaimSpec(id="-", claim="-", kind=ClaimKind.value)), c))
+             for c in OmegaConf.load(path).claims]  # fmt: skip
+    return [ClaimCheck("no experiment", spec, verdict=NOT_HERE, reason=spec.not_here or "") for spec in specs]
+
+
 def check_all(rows: list[dict[str, Any]], experiments: dict[str, ExperimentConfig], every: bool = False) -> list[ClaimCheck]:
-    """The claims of every experiment found in the rows (of every declared experiment when `every`), in
-    experiment-name order then declaration order."""
+    """The claims of every experiment found in the rows (of every declared experiment when `every`, and then
+    the seed claims no experiment tests), in experiment-name order then declaration order."""
     present = {r.get("experiment") for r in rows}
-    return [check(name, spec, rows) for name, exp in sorted(experiments.items())
-            if every or name in present for spec in exp.claims]  # fmt: skip
+    checks = [check(name, spec, rows) for name, exp in sorted(experiments.items())
+              if every or name in present for spec in exp.claims]  # fmt: skip
+    return checks + (untested() if every else [])
