@@ -64,12 +64,13 @@ def write_report(args: argparse.Namespace, argv: list[str]) -> list[Path]:
 
 def wandb_report(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.report import wandb_report as wb
-    from harness.trackers.mode import choose_mode
+    from harness.trackers.mode import choose_mode, has_wandb_credentials
 
     rows = load_tables(args.results)
     mode, why = choose_mode("auto")
     if mode != "online":
-        print(f"infermatrix report: {why or 'W&B mode is ' + mode}")
+        why = why or ("no W&B credentials" if not has_wandb_credentials() else f"W&B mode is {mode} (WANDB_MODE)")
+        print(f"infermatrix report: {why}")
         print(wb.offline_instructions(rows, argv))
         return 0
     try:
