@@ -91,3 +91,10 @@ def test_infermatrix_report_is_a_subcommand_of_infermatrix(tables, tmp_path):
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "kv_cache=paged" in proc.stdout and (tmp_path / "o" / "report.html").is_file()
+
+
+def test_a_plain_sweep_without_an_experiment_gets_speedup_bars_over_its_first_cell(tmp_path):
+    plain = [result("", {"kv_cache": kv}, tok_s, 10.0) for kv, tok_s in (("none", 2.0), ("paged", 30.0))]
+    table = write_table(tmp_path / "results.jsonl", plain)
+    files = build([table], tmp_path / "out")
+    assert "figures/speedups.svg" in files and "## Claims" not in files["report.md"].decode()

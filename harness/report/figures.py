@@ -3,7 +3,8 @@ rebuilding a report from the same results gives byte-identical files.
 
 - pareto: output tok/s per device vs tok/s per user (1000 / mean TPOT), per engine, with each engine's
   Pareto front (no other cell of the engine is better on both axes), as InferenceX and vLLM's plot_pareto;
-- speedups: each claim measurement's ratio with its 95% interval, over the claimed range;
+- speedups: each claim measurement's ratio with its 95% interval, over the claimed range (without claims:
+  each cell's output tok/s over the first ok cell's);
 - accuracy_memory_speed: memory (weights when recorded, else peak) vs output tok/s, coloured by accuracy;
 - acceptance: speculation acceptance rate vs draft length k, one line per method.
 Each returns None when the rows hold nothing to draw.
@@ -15,6 +16,7 @@ import io
 from typing import Any
 
 from harness.report.claims import ClaimCheck
+from harness.report.ratio import Figure, figure, ratio
 from harness.report.rows import number, text
 
 SVG_SETTINGS = {"svg.hashsalt": "infermatrix", "svg.fonttype": "path", "font.size": 9, "axes.grid": True,
@@ -79,26 +81,49 @@ def pareto(rows: list[dict[str, Any]]) -> str | None:
     return _svg(fig)
 
 
-def speedups(checks: list[ClaimCheck]) -> str | None:
-    bars = [(m, c) for c in checks if c.spec.kind.value == "ratio" for m in c.measurements]
+Bar = tuple[str, Figure, str, tuple[float | None, float | None] | None]  # label, ratio, colour, claimed range
+
+
+def claim_bars(checks: list[ClaimCheck]) -> list[Bar]:
+    """Every measurement of a ratio claim, blue where the claim holds."""
+    return [(m.label, m.figure, COLOURS[0] if m.verdict == "holds" else COLOURS[7], (c.spec.low, c.spec.high))
+            for c in checks if c.spec.kind.value == "ratio" for m in c.measurements]  # fmt: skip
+
+
+def sweep_bars(rows: list[dict[str, Any]]) -> list[Bar]:
+    """Without claims: each ok cell's output tok/s over the first ok cell's (the printed table's baseline)."""
+    ok = [(r, f) for r in rows if r.get("status") == "ok" and (f := figure(r, "output_throughput_tok_s"))]
+    if len(ok) < 2:
+        return []
+    base_row, base = ok[0]
+    name = str(base_row.get("cell")).rsplit("/", 1)[-1]
+    return [(f"{str(r.get('cell')).rsplit('/', 1)[-1]} vs {name}", q, COLOURS[0], None)
+            for r, f in ok[1:] if (q := ratio(f, base)) is not None]  # fmt: skip
+
+
+def speedups(checks: list[ClaimCheck], rows: list[dict[str, Any]]) -> str | None:
+    bars = claim_bars(checks) or sweep_bars(rows)
     if not bars:
         return None
     fig = _figure(8.5, 1.4 + 0.42 * len(bars))
     ax = fig.add_subplot()
-    for y, (m, c) in enumerate(bars):
-        f = m.figure
+    for y, (_, f, colour, claimed) in enumerate(bars):
         xerr = [[f.value - f.low], [f.high - f.value]] if f.low is not None and f.high is not None else None
-        ax.barh(y, f.value, xerr=xerr, capsize=3, color=COLOURS[0] if m.verdict == "holds" else COLOURS[7])
-        low, high = c.spec.low, c.spec.high
-        if low is not None or high is not None:  # the claimed range, as a band on this bar's row
+        ax.barh(y, f.value, xerr=xerr, capsize=3, color=colour)
+        if claimed and claimed != (None, None):  # the claimed range, as a band on this bar's row
+            low, high = claimed
             ax.fill_betweenx([y - 0.45, y + 0.45], low if low is not None else 0.0,
                              high if high is not None else max(f.value, low or 0.0) * 1.5, color=COLOURS[1], alpha=0.25)  # fmt: skip
-    ax.set_yticks(range(len(bars)), [m.label for m, _ in bars])
+    ax.set_yticks(range(len(bars)), [label for label, *_ in bars])
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("speedup over the baseline (log scale)")
-    ax.set_title("Whiskers: 95% CI; orange band: claimed range;\nblue bar: the claim holds, grey: it does not or only partly")
+    if bars[0][3] is None:
+        ax.set_xlabel("output tok/s over the first ok cell's (log scale)")
+        ax.set_title("Whiskers: 95% CI of the ratio")
+    else:
+        ax.set_xlabel("speedup over the baseline (log scale)")
+        ax.set_title("Whiskers: 95% CI; orange band: claimed range;\nblue bar: the claim holds, grey: it does not or only partly")
     return _svg(fig)
 
 

@@ -90,7 +90,7 @@ def build(rows: list[dict[str, Any]], checks: list[ClaimCheck], title: str, comm
                                 table=claims_table(checks)))  # fmt: skip
     sections.append(Section("Cells", table=cells_table(rows)))
     drawn = [("pareto", "Throughput vs per-user speed", figures.pareto(rows)),
-             ("speedups", "Speedups over baselines", figures.speedups(checks)),
+             ("speedups", "Speedups over baselines", figures.speedups(checks, rows)),
              ("accuracy_memory_speed", "Accuracy vs memory vs speed", figures.accuracy_memory_speed(rows)),
              ("acceptance", "Speculation acceptance vs k", figures.acceptance(rows))]  # fmt: skip
     for stem, name, svg in drawn:
