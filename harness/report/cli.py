@@ -51,6 +51,8 @@ def write_report(args: argparse.Namespace, argv: list[str]) -> list[Path]:
     sections = page.build(rows, checks, args.title, command, list(args.results), args.note)
     out = Path(args.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    for old in (out / "figures").glob("*.svg"):  # a figure this build does not draw must not linger
+        old.unlink()
     written = []
     for s in sections:
         if s.figure:
