@@ -14,6 +14,9 @@ ROUNDS=${ROUNDS:-1 2}
 declare -A EXTRA=(
   # CPU-sized: the interpreted Triton kernels would take hours; flash_attn stays (its skipped cell says why)
   [attention]="technique.attention=torch,sdpa,flash_attn"
+  # CPU-sized request counts and lengths (the experiments' own sizes suit a GPU better)
+  [batching]="scenario.num_requests=16 workload.input_len.low=32 workload.input_len.high=64 workload.output_len.high=128"
+  [prefix_cache]="scenario.num_requests=8"
 )
 NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(kv_cache paged_kv batching prefix_cache attention batch_size)
 for name in "${NAMES[@]}"; do
