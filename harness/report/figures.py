@@ -48,6 +48,24 @@ def _devices(row: dict[str, Any]) -> float:
     return float(head) if label.startswith("cuda") and head.isdigit() else 1.0
 
 
+def distinct_labels(cells: list[str]) -> list[str]:
+    """Each cell name cut to what tells it apart from the others (parts every cell shares dropped)."""
+    parts = [c.replace(",", "/").split("/") for c in cells]
+    shared = set.intersection(*(set(p) for p in parts)) if len(parts) > 1 else set()
+    return [",".join(x for x in p if x not in shared) for p in parts]
+
+
+def _annotate(ax: Any, labels: dict[tuple[float, float], str]) -> None:
+    """Name each point by what sets its cell apart, without letting the labels squeeze the axes."""
+    ax.margins(x=0.1, y=0.1)
+    points = sorted(labels)
+    middle = (points[0][0] + points[-1][0]) / 2
+    for point, text_ in zip(points, distinct_labels([labels[p] for p in points])):
+        right = point[0] > middle  # labels of the right half point left, so none runs off the axes
+        ax.annotate(text_, point, fontsize=7, xytext=(-4 if right else 4, 3), textcoords="offset points",
+                    ha="right" if right else "left").set_in_layout(False)
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The points no other point beats on both axes (higher is better on both), by x."""
     front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
@@ -62,7 +80,7 @@ def pareto(rows: list[dict[str, Any]]) -> str | None:
         if row.get("status") == "ok" and tpot and tput:
             point = (1000.0 / tpot, tput / _devices(row))
             by_engine.setdefault(str(row.get("engine")), []).append(point)
-            labels.setdefault(point, str(row.get("cell")).rsplit("/", 1)[-1])  # the cell's techniques
+            labels.setdefault(point, str(row.get("cell")))
     if not by_engine:
         return None
     fig = _figure(6.5, 4.2)
@@ -72,8 +90,7 @@ def pareto(rows: list[dict[str, Any]]) -> str | None:
         ax.scatter(*zip(*points), color=colour, s=18, alpha=0.6)
         front = pareto_front(points)
         ax.plot(*zip(*front), color=colour, marker="o", label=f"{engine} ({len(points)} cells)")
-    for point, label in sorted(labels.items()):
-        ax.annotate(label, point, fontsize=7, xytext=(4, 2), textcoords="offset points")
+    _annotate(ax, labels)
     ax.set_xlabel("tok/s per user (1000 / mean TPOT ms)")
     ax.set_ylabel("output tok/s per device")
     ax.set_title("Throughput vs per-user speed (lines: Pareto front per engine)")
@@ -102,6 +119,8 @@ def sweep_bars(rows: list[dict[str, Any]]) -> list[Bar]:
 
 
 def speedups(checks: list[ClaimCheck], rows: list[dict[str, Any]]) -> str | None:
+    from matplotlib.ticker import FuncFormatter
+
     bars = claim_bars(checks) or sweep_bars(rows)
     if not bars:
         return None
@@ -118,12 +137,16 @@ def speedups(checks: list[ClaimCheck], rows: list[dict[str, Any]]) -> str | None
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 2, not 2x10^0
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     if bars[0][3] is None:
         ax.set_xlabel("output tok/s over the first ok cell's (log scale)")
         ax.set_title("Whiskers: 95% CI of the ratio")
     else:
         ax.set_xlabel("speedup over the baseline (log scale)")
-        ax.set_title("Whiskers: 95% CI; orange band: claimed range;\nblue bar: the claim holds, grey: it does not or only partly")
+        ax.set_title("whiskers: 95% CI, orange band: the claimed range\nblue: the claim holds, grey: does not or partly")
     return _svg(fig)
 
 
@@ -156,8 +179,7 @@ def accuracy_memory_speed(rows: list[dict[str, Any]]) -> str | None:
     if scored:
         dots = ax.scatter([p[0] for p in scored], [p[1] for p in scored], c=[p[2][1] for p in scored], cmap="viridis")
         fig.colorbar(dots, ax=ax, label=scored[0][2][0])
-    for memory, tput, _, cell in points:  # the cell's techniques: the last part of its name
-        ax.annotate(cell.rsplit("/", 1)[-1], (memory, tput), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    _annotate(ax, {(memory, tput): cell for memory, tput, _, cell in points})
     ax.set_xlabel("memory MB (quantized weights where recorded, else peak process memory)")
     ax.set_ylabel("output tok/s")
     ax.set_title("Accuracy vs memory vs speed")
