@@ -102,7 +102,12 @@ def _label(row: dict[str, Any], spec: ClaimSpec) -> str:
     what = ",".join(f"{text(v)}" for v in spec.treatment.values())
     base = ",".join(f"{text(v)}" for v in spec.baseline.values())
     lengths = f" ({row.get('workload.input_len')} in / {row.get('workload.output_len')} out)"
-    return (f"{spec.id} {what} vs {base}" if base else f"{spec.id} {what}") + lengths
+    metric = METRIC_NAMES.get(spec.metric, spec.metric.rsplit(".", 1)[-1])
+    return (f"{spec.id} {metric}: {what} vs {base}" if base else f"{spec.id} {metric}: {what}") + lengths
+
+
+METRIC_NAMES = {"output_throughput_tok_s": "tok/s", "tpot_ms.mean": "TPOT", "ttft_ms.mean": "TTFT",
+                "e2el_ms.mean": "E2E"}  # fmt: skip
 
 
 def _measure(spec: ClaimSpec, ok: list[dict[str, Any]]) -> list[Measurement]:
