@@ -47,7 +47,7 @@ def claims_table(checks: list[ClaimCheck]) -> list[list[str]]:
     table = [["claim", "source", "claimed", "measured [95% CI]", "device", "cells", "verdict"]]
     for c in checks:
         unit = "x" if c.spec.kind.value == "ratio" else ""
-        if c.spec.kind.value == "gate":
+        if c.spec.kind.value == "gate" and c.measurements:
             measured = f"gate passed in {sum(m.figure.value == 1.0 for m in c.measurements)}/{len(c.measurements)}"
         else:
             measured = "; ".join(f"{figure_text(m.figure, unit)}" + (f" ({m.label.split('(')[-1].rstrip(')')})"
