@@ -98,3 +98,11 @@ def test_a_plain_sweep_without_an_experiment_gets_speedup_bars_over_its_first_ce
     table = write_table(tmp_path / "results.jsonl", plain)
     files = build([table], tmp_path / "out")
     assert "figures/speedups.svg" in files and "## Claims" not in files["report.md"].decode()
+
+
+def test_points_are_labelled_by_what_sets_their_cell_apart():
+    from harness.report.figures import distinct_labels
+
+    cells = ["own/m/throughput/uniform/kv_cache=paged,kv_cache_bytes=1", "own/m/throughput/uniform/kv_cache=contiguous,kv_cache_bytes=1"]
+    assert distinct_labels(cells) == ["kv_cache=paged", "kv_cache=contiguous"]
+    assert distinct_labels(["hf/m/latency/fixed"]) == ["hf,m,latency,fixed"]
