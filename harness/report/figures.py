@@ -19,7 +19,7 @@ from harness.report.claims import ClaimCheck
 from harness.report.ratio import Figure, figure, ratio
 from harness.report.rows import number, text
 
-SVG_SETTINGS = {"svg.hashsalt": "infermatrix", "svg.fonttype": "path", "font.size": 9, "axes.grid": True,
+SVG_SETTINGS = {"svg.hashsalt": "infermatrix", "svg.fonttype": "none", "font.size": 9, "axes.grid": True,
                 "grid.alpha": 0.3}  # fmt: skip
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
