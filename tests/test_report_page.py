@@ -106,3 +106,12 @@ def test_points_are_labelled_by_what_sets_their_cell_apart():
     cells = ["own/m/throughput/uniform/kv_cache=paged,kv_cache_bytes=1", "own/m/throughput/uniform/kv_cache=contiguous,kv_cache_bytes=1"]
     assert distinct_labels(cells) == ["kv_cache=paged", "kv_cache=contiguous"]
     assert distinct_labels(["hf/m/latency/fixed"]) == ["hf,m,latency,fixed"]
+
+
+def test_cost_and_energy_columns_show_when_results_carry_them(tmp_path):
+    priced = result("kv_cache", {"kv_cache": "paged"}, 30.0, 33.0,
+                    extra={"cost": {"usd_per_1m_output_tokens": 12.5}, "energy": {"joules_per_token": 0.8}})  # fmt: skip
+    files = build([write_table(tmp_path / "results.jsonl", [priced])], tmp_path / "out")
+    header = next(line for line in files["report.md"].decode().splitlines() if line.startswith("| cell |"))
+    assert "cost.usd_per_1m_output_tokens" in header and "energy.joules_per_token" in header
+    assert "| 12.5 | 0.8 |" in files["report.md"].decode()
