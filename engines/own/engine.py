@@ -108,6 +108,8 @@ class OwnEngine(Engine):
         budget = options.kv_cache_bytes or default_kv_budget(
             config, dtype, self.device, options.max_num_seqs * self.max_model_len, options.gpu_memory_utilization
         )
+        if options.kv_cache_bytes is None and self.device.type != "cuda":  # the CPU default counts target tokens only
+            budget = budget * (self.kv_bytes_per_token + draft_kv) // self.kv_bytes_per_token
         num_blocks = budget // ((self.kv_bytes_per_token + draft_kv) * options.block_size)
         if num_blocks < 1:
             raise ValueError(f"KV budget of {budget} bytes holds no block of {options.block_size} tokens")
