@@ -26,7 +26,11 @@ from engines.own.speculative.proposal import Proposal, draft_autoregressively
 
 def load_draft(spec: ModelSpec, num_layers: int | None, device: torch.device, max_model_len: int,
                vocab_size: int) -> CausalLM:  # fmt: skip
-    """The draft model, cut to its first `num_layers` layers when given (a layer-truncated target is a draft)."""
+    """The draft model, cut to its first `num_layers` layers when given (a layer-truncated target is a draft).
+    Random weights are drawn for the cut shape directly: no full-size copy is made (they are random anyway)."""
+    if spec.is_random and num_layers is not None:
+        layers = min(num_layers, spec.random_config.get("num_hidden_layers", num_layers))
+        spec = replace(spec, random_config={**spec.random_config, "num_hidden_layers": layers})
     model, _ = load_model(spec, device, max_model_len)
     if model.config.vocab_size != vocab_size:
         raise ValueError(f"draft model '{spec.name}' has vocab {model.config.vocab_size}, the target "

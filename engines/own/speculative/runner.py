@@ -42,10 +42,10 @@ class SpecRunner:
     def execute(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[list[int]]]:
         pairs = list(zip(batch.seqs, batch.num_new_tokens))
         decodes = [seq for seq, n in pairs if is_decoding(seq, n)]
-        start = time.perf_counter()
+        start = self._clock()
         self.runner._zero_new_blocks([(s, 1 + self.draft_budget(s)) for s in decodes])
         proposal = self.proposer.propose(decodes, [self.draft_budget(s) for s in decodes])
-        drafted = time.perf_counter()
+        drafted = self._clock()
         drafts = {id(s): t for s, t in zip(decodes, proposal.tokens)}
         fed = [
             (seq, [seq.last_token, *drafts[id(seq)]], True) if id(seq) in drafts
@@ -55,16 +55,22 @@ class SpecRunner:
         vb = pack_verify(fed, self.runner.block_size, self.runner.device)
         self.runner._zero_new_blocks(vb.items)
         hidden = self.runner._hidden(vb.input_ids, vb.positions, vb.meta)
-        verified = time.perf_counter()
+        verified = self._clock()
         self.proposer.mirror(vb.input_ids, vb.positions, vb.meta, vb.items)
-        mirrored = time.perf_counter()
+        mirrored = self._clock()
         out_seqs, out_tokens = self._decide(batch, hidden, vb.scored, decodes, proposal)
-        done = time.perf_counter()
+        done = self._clock()
         if decodes:
             self.stats.steps += 1
         self.stats.draft_s += (drafted - start) + (mirrored - verified)
         self.stats.verify_s += (verified - drafted) + (done - mirrored)
         return out_seqs, out_tokens
+
+    def _clock(self) -> float:
+        """perf_counter after the device finished queued work, so draft and verify time are not mixed up."""
+        if self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)
+        return time.perf_counter()
 
     def _decide(self, batch, hidden, scored, decodes, proposal) -> tuple[list[Sequence], list[list[int]]]:
         q_of = {id(s): (t, q) for s, t, q in zip(decodes, proposal.tokens, proposal.probs)}
