@@ -11,7 +11,9 @@ import pytest
 
 from engines import create_engine, engine_class
 from engines.base import KVCache, ModelSpec, Request, SamplingParams, Spec, Technique, UnsupportedTechnique
+from engines.own.sequence import Sequence
 from engines.own.speculative.ngram import lookup
+from engines.own.speculative.runner import is_decoding
 from engines.own.speculative.verifier import verify_greedy
 from own_prompts import text_prompts
 
@@ -56,6 +58,16 @@ def test_greedy_verification_keeps_the_agreeing_prefix_and_adds_the_targets_toke
     assert verify_greedy(logits, [4, 7, 1]) == [4, 7, 1, 2]  # all accepted + bonus
     assert verify_greedy(logits, [4, 5, 1]) == [4, 7]  # first mismatch: the target's token replaces it
     assert verify_greedy(logits[:1], []) == [4]  # no drafts: a plain decode
+
+
+def test_only_a_sequence_with_just_its_last_token_pending_is_extended_by_drafts():
+    seq = Sequence("r", list(range(10)), prompt_len=6, sampling=SamplingParams(), arrival_time=0.0)
+    seq.num_computed_tokens = 9
+    assert is_decoding(seq, 1)
+    seq.num_computed_tokens = 4  # recomputing after preemption, a 1-token chunk cut by the token budget
+    assert not is_decoding(seq, 1)
+    prompt = Sequence("p", [5], prompt_len=1, sampling=SamplingParams(), arrival_time=0.0)
+    assert not is_decoding(prompt, 1)  # a 1-token prompt is a prefill
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,9 @@ from engines.own.speculative.verify_batch import pack_verify
 
 
 def is_decoding(seq: Sequence, num_new: int) -> bool:
-    """One pending token after generated ones: the case a proposer can extend (a 1-token prompt is a prefill)."""
-    return num_new == 1 and seq.num_generated > 0
+    """Only the last token pending, after generated ones: the case a proposer extends (not a 1-token prompt,
+    nor a 1-token chunk cut by the token budget from a longer recompute)."""
+    return num_new == 1 == seq.num_tokens - seq.num_computed_tokens and seq.num_generated > 0
 
 
 class SpecRunner:
