@@ -91,6 +91,11 @@ def fmt(x, spec=".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def spec_mean(runs: list[dict], key: str) -> float | None:
+    values = [r["spec"].get(key) for r in runs]
+    return None if any(v is None for v in values) else statistics.fmean(values)
+
+
 def table(results: dict[tuple[str, str], list[dict]], workloads: list[str], names: list[str]) -> str:
     head = (f"{'workload':8} {'config':15} {'accept':>6} {'acc.len':>7} {'tok/step':>8} {'draft ms':>8} {'verify ms':>9} "
             f"{'TTFT s':>6} {'TPOT ms':>8} {'decode speedup [95% CI]':>23} {'e2e x':>6} {'load avg':>11} {'same':>4}")  # fmt: skip
@@ -99,13 +104,12 @@ def table(results: dict[tuple[str, str], list[dict]], workloads: list[str], name
         base = results[(w, "none")]
         for name in names:
             runs = results[(w, name)]
-            s = runs[-1]["spec"]
             speed = interval([b["decode_s"] / r["decode_s"] for b, r in zip(base, runs)])
             e2e = statistics.fmean(b["s"] / r["s"] for b, r in zip(base, runs))
             loads = [r["load"] for r in runs]
             same = all(r["tokens"] == b["tokens"] for b, r in zip(base, runs))
-            ms = lambda key: 1e3 * statistics.fmean(r["spec"][key] for r in runs) if s else None  # noqa: E731
-            mean = lambda key: statistics.fmean(r["spec"][key] for r in runs) if s and s[key] is not None else None  # noqa: E731
+            mean = lambda key, runs=runs: spec_mean(runs, key)  # noqa: E731
+            ms = lambda key, runs=runs: None if (v := spec_mean(runs, key)) is None else 1e3 * v  # noqa: E731
             lines.append(
                 f"{w:8} {name:15} {fmt(mean('acceptance_rate')):>6} {fmt(mean('mean_accepted_length')):>7} "
                 f"{fmt(mean('tokens_per_decode_step')):>8} {fmt(ms('draft_s_per_step'), '.1f'):>8} "

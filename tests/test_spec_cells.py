@@ -5,9 +5,9 @@ import json
 
 import pandas as pd
 import pytest
+from test_runner import cell
 
 from harness.report import summarize
-from test_runner import cell
 
 RANDOM_SMOLLM2 = ["engine=own", "model.source=random", "engine.kv_cache_bytes=16777216"]
 

@@ -35,7 +35,7 @@ def exact_joint_of_tokens_2_and_3() -> torch.Tensor:
     """P(t2, t3) [V, V] under the target at TEMPERATURE, summed over t1 (t4, the bonus, left free)."""
     scored = engine(Technique()).score([PROMPT + list(c) for c in itertools.product(range(VOCAB), repeat=3)])
     logp = torch.tensor([s.logprobs[-3:] for s in scored], dtype=torch.float64).view(VOCAB, VOCAB, VOCAB, 3)
-    tempered = lambda lp: (lp / TEMPERATURE).softmax(dim=-1)  # noqa: E731  the sampler's tempered distribution
+    tempered = lambda lp: (lp / TEMPERATURE).softmax(dim=-1)
     p1 = tempered(logp[:, 0, 0, 0])  # [a]
     p2 = tempered(logp[:, :, 0, 1])  # [a, b]
     p3 = tempered(logp[:, :, :, 2])  # [a, b, c]
@@ -43,7 +43,7 @@ def exact_joint_of_tokens_2_and_3() -> torch.Tensor:
 
 
 def sampled_joint(technique: Technique) -> tuple[torch.Tensor, dict]:
-    params = lambda i: SamplingParams(max_tokens=4, temperature=TEMPERATURE, seed=i, ignore_eos=True)  # noqa: E731
+    params = lambda i: SamplingParams(max_tokens=4, temperature=TEMPERATURE, seed=i, ignore_eos=True)
     eng = engine(technique)
     outputs = eng.generate([Request(str(i), PROMPT, params(i)) for i in range(DRAWS)])
     counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)

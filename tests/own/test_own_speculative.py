@@ -8,22 +8,29 @@ hits. The draft model is the target cut to its first layers (a valid draft: same
 from __future__ import annotations
 
 import pytest
+import torch
+from own_prompts import text_prompts
 
 from engines import create_engine, engine_class
-from engines.base import KVCache, ModelSpec, Request, SamplingParams, Spec, Technique, UnsupportedTechnique
+from engines.base import (
+    KVCache,
+    ModelSpec,
+    Request,
+    SamplingParams,
+    Spec,
+    Technique,
+    UnsupportedTechnique,
+)
 from engines.own.sequence import Sequence
 from engines.own.speculative.ngram import lookup
 from engines.own.speculative.runner import is_decoding
 from engines.own.speculative.verifier import verify_greedy
-from own_prompts import text_prompts
-
-import torch
 
 NEW_TOKENS = 12
 LENGTHS = [20, 47, 90]
-NGRAM = dict(spec=Spec.ngram, spec_ngram_min=1, spec_ngram_max=3)
-EARLY = dict(spec=Spec.early_exit, spec_exit_layer=4)
-DRAFT = dict(spec=Spec.draft, spec_draft_layers=3)
+NGRAM = {"spec": Spec.ngram, "spec_ngram_min": 1, "spec_ngram_max": 3}
+EARLY = {"spec": Spec.early_exit, "spec_exit_layer": 4}
+DRAFT = {"spec": Spec.draft, "spec_draft_layers": 3}
 
 
 def run(model_dir, prompts, technique: Technique, new_tokens=NEW_TOKENS, **options):

@@ -5,11 +5,11 @@ off when the output repeats its input (summaries, code edits, quoting) and is us
 
 from __future__ import annotations
 
+import torch
+
 from engines.own.attn_metadata import AttnMetadata
 from engines.own.sequence import Sequence
 from engines.own.speculative.proposal import Proposal
-
-import torch
 
 
 def lookup(tokens: list[int], k: int, min_n: int, max_n: int) -> list[int]:

@@ -40,7 +40,7 @@ def draft_autoregressively(
             [slot_of(seqs[i], p, block_size) for i, p in zip(active, positions)],
             [seqs[i].block_table for i in active], [p + 1 for p in positions], [], [], [], device,
         )  # fmt: skip
-        as_tensor = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)  # noqa: E731
+        as_tensor = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)
         logits = logits_fn(as_tensor(fed), as_tensor(positions), meta)
         chosen = logits.argmax(dim=-1)
         sampled = [r for r, i in enumerate(active) if seqs[i].sampling.temperature > 0]

@@ -43,7 +43,7 @@ class SpecStats:
             self.accepted_at[j] += j < accepted
 
     def as_dict(self) -> dict:
-        per_step = lambda x: x / self.steps if self.steps else None  # noqa: E731
+        per_step = lambda x: x / self.steps if self.steps else None
         decodes = self.drafts + self.empty_drafts
         return {
             "method": self.method,

@@ -48,6 +48,6 @@ def pack_verify(fed: list[tuple[Sequence, list[int], bool]], block_size: int, de
         elif end == seq.num_tokens:
             scored[id(seq)] = [len(ids) - 1]
     meta = build_metadata(slots, decode_tables, decode_lens, prefill_tables, prefill_q, prefill_lens, device)
-    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)  # noqa: E731
+    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)
     items = [(seq, len(tokens)) for seq, tokens, _ in order]
     return VerifyBatch(as_tensor(ids), as_tensor(positions), meta, items, scored)
