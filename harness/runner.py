@@ -138,14 +138,15 @@ def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, res
     return engine
 
 
-def draft_model_spec(name: str) -> ModelSpec:
-    """technique.spec_draft_model: the ModelSpec of conf/model/<name>.yaml, resolved like the target's."""
+def draft_model_spec(name: str, random: bool = False) -> ModelSpec:
+    """technique.spec_draft_model: the ModelSpec of conf/model/<name>.yaml, resolved like the target's; with
+    random weights (of its architecture) when the target has random weights."""
     path = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
     if not path.is_file():
         choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"technique.spec_draft_model='{name}' is not a model config; choose one of: {', '.join(choices)}")
     m: ModelConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
-    spec, _ = model_spec(m.name, m.source.value, m.dtype.value, local_path=m.local_path, hub_id=m.hub_id,
+    spec, _ = model_spec(m.name, "random" if random else m.source.value, m.dtype.value, local_path=m.local_path, hub_id=m.hub_id,
                          architecture=m.architecture, seed=m.seed)  # fmt: skip
     return spec
 
@@ -161,7 +162,7 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
                        "gguf_path": spec.gguf_path, "random_weights": spec.is_random}  # fmt: skip
     draft = config.technique.spec_draft_model
     if config.technique.spec is Spec.draft and draft is not None and draft != m.name:
-        spec = replace(spec, draft=draft_model_spec(draft))
+        spec = replace(spec, draft=draft_model_spec(draft, random=spec.is_random))
         result["model"]["draft"] = {"name": draft, "path": spec.draft.path, "random_weights": spec.draft.is_random}
     engine = open_engine(config, spec, device, out_dir, result)
     try:

@@ -39,3 +39,11 @@ def test_other_engines_skip_speculation_with_the_reason(tmp_path):
 def test_bad_speculation_options_fail_the_cell_with_a_message(tmp_path, override, message):
     row, _ = cell(tmp_path, "a", *RANDOM_SMOLLM2, "technique.spec=draft", override)
     assert row["status"] == "failed" and message in row["reason"]
+
+
+def test_a_draft_model_name_resolves_to_its_config_with_random_weights_beside_a_random_target():
+    from harness.runner import draft_model_spec
+
+    real, random = draft_model_spec("qwen2.5-0.5b"), draft_model_spec("qwen2.5-0.5b", random=True)
+    assert real.name == random.name == "qwen2.5-0.5b" and not real.is_random
+    assert random.is_random and random.random_config["vocab_size"] == 151936
