@@ -102,7 +102,9 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
     row.update(flatten(result.get("ci95") or {}, "ci95."))
     row.update(accuracy_columns(result.get("accuracy") or {}))
     stats = result.get("engine_stats") or {}
-    row.update(flatten({k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool, dict))}, "engine_stats."))
+    row.update({f"engine_stats.{k}": v for k, v in stats.items() if isinstance(v, (int, float, str, bool))})
+    speculation = stats.get("speculation") or {}
+    row.update({f"spec.{k}": speculation.get(k) for k in SPEC_COLUMNS if k in speculation})
     for block in ("quantization", "perplexity", "cost", "energy"):  # techniques' and hardware's own blocks
         if isinstance(result.get(block), dict):
             row.update(flatten(result[block], f"{block}."))
@@ -135,6 +137,11 @@ def experiment_columns(config: dict) -> dict[str, Any]:
         "scenario.batch_size": (config.get("scenario") or {}).get("batch_size"),
         "scenario.num_requests": (config.get("scenario") or {}).get("num_requests"),
     }
+
+
+# engine_stats["speculation"] figures a results table carries (engines/own/speculative/stats.py)
+SPEC_COLUMNS = ("acceptance_rate", "mean_accepted_length", "tokens_per_decode_step", "draft_s_per_step",
+                "verify_s_per_step")  # fmt: skip
 
 
 def accuracy_columns(accuracy: dict) -> dict[str, Any]:

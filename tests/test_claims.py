@@ -88,7 +88,7 @@ def test_best_draft_length_and_value_claims(tmp_path):
     checked = check("speculation", best, rows)
     assert checked.measurements[0].figure.value == 6 and checked.verdict == HOLDS
     acceptance = ClaimSpec(id="sd-4", claim=">= 70% acceptance", kind="value", low=0.7,
-                           metric="engine_stats.speculation.acceptance_rate", treatment={"technique.spec": "ngram"})
+                           metric="spec.acceptance_rate", treatment={"technique.spec": "ngram"})
     assert check("speculation", acceptance, rows).verdict == FAILS
 
 

@@ -191,7 +191,7 @@ def accuracy_memory_speed(rows: list[dict[str, Any]]) -> str | None:
 def acceptance(rows: list[dict[str, Any]]) -> str | None:
     lines: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
-        k, rate = number(row, "technique.spec_k"), number(row, "engine_stats.speculation.acceptance_rate")
+        k, rate = number(row, "technique.spec_k"), number(row, "spec.acceptance_rate")
         if row.get("status") == "ok" and k is not None and rate is not None:
             lines.setdefault(f"{row.get('engine')} {text(row.get('technique.spec'))}", []).append((k, rate))
     if not lines:

@@ -40,7 +40,7 @@ def build(wr: Any, entity: str | None, project: str, rows: list[dict[str, Any]],
                                              "ci95.* summary values. Built by `infermatrix report --wandb`.")]  # fmt: skip
     if checks:
         blocks += [wr.H2("Claims"), wr.MarkdownBlock(text=_markdown_table(claims_table(checks)))]
-    speculation = any(r.get("engine_stats.speculation.acceptance_rate") is not None for r in rows)
+    speculation = any(r.get("spec.acceptance_rate") is not None for r in rows)
     for sweep in sweeps(rows):
         panels = [
             wr.ScatterPlot(title="output tok/s vs mean TPOT (per-user speed = 1000 / TPOT)",
