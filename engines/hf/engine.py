@@ -143,13 +143,11 @@ class HFEngine(Engine):
         batches = self.batches([requests[i] for i in runnable])
         for batch in batches:
             members = [runnable[i] for i in batch]
-            for index, output in zip(members, self.run_batch([requests[i] for i in members], arrival)):
+            for index, output in zip(members, self.run_batch([requests[i] for i in members], arrival, progress)):
                 outputs[index] = output
-            if progress:
-                progress(len(members))
         return outputs  # type: ignore[return-value]
 
-    def run_batch(self, batch: list[Request], arrival: float) -> list[RequestOutput]:
+    def run_batch(self, batch: list[Request], arrival: float, progress: ProgressFn | None = None) -> list[RequestOutput]:
         from transformers import GenerationConfig, StoppingCriteriaList
 
         limits = []
@@ -160,7 +158,7 @@ class HFEngine(Engine):
             frozenset(r.sampling.stop_token_ids) | (frozenset() if r.sampling.ignore_eos else frozenset(self.eos_ids))
             for r in batch
         ]
-        recorder = StepRecorder(limits, stop_sets)
+        recorder = StepRecorder(limits, stop_sets, progress)
         first = batch[0].sampling
         sampled = first.temperature > 0
         gen_config = GenerationConfig(
@@ -183,6 +181,8 @@ class HFEngine(Engine):
                 stopping_criteria=StoppingCriteriaList([recorder]),
             )
         self.kv_bytes_peak = max(self.kv_bytes_peak, cache_bytes(getattr(result, "past_key_values", None)))
+        if progress is not None and recorder.num_finished < len(batch):  # rows HF ended before they finished
+            progress(len(batch) - recorder.num_finished)
         del result
         return [
             RequestOutput(
