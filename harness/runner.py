@@ -146,6 +146,10 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
     )  # fmt: skip
     result["model"] = {"name": m.name, "source_kind": kind, "path": spec.path, "dtype": m.dtype.value,
                        "gguf_path": spec.gguf_path, "random_weights": spec.is_random}  # fmt: skip
+    if config.eval.selected():  # bad eval inputs fail before the model loads and the measurement runs
+        from harness.eval.evaluate import check_inputs
+
+        check_inputs(config.eval, spec)
     engine = open_engine(config, spec, device, out_dir, result)
     try:
         vocab_size, special = vocabulary(spec)
