@@ -74,6 +74,18 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def merged(blocks: list[dict]) -> dict:
+    """One task's result over several rounds (disjoint subject slices): seconds and samples add up, each
+    metric is the sample-weighted mean (lm-eval's MMLU group weights subjects by size); stderr is not
+    recombined."""
+    n = sum(b["n_samples"] for b in blocks)
+    metrics = {key: {"value": sum(b["metrics"][key]["value"] * b["n_samples"] for b in blocks) / n,
+                     "stderr": blocks[0]["metrics"][key]["stderr"] if len(blocks) == 1 else None}
+               for key in blocks[0]["metrics"]}  # fmt: skip
+    return {"metrics": metrics, "n_samples": n, "seconds": sum(b["seconds"] for b in blocks),
+            "samples_paths": [b["samples_path"] for b in blocks]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="hf,own", help=f"comma-separated: hf, own, ..., {LM_EVAL_HF}")
@@ -83,57 +95,76 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="or 'hub'")
     parser.add_argument("--batch-size", type=int, default=16, help="our engines: sequences per score call")
     parser.add_argument("--lm-eval-batch-size", type=int, default=1, help="lm-eval's HFLM (its CLI default: 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleave: split the subjects into this many slices and run every engine on each "
+                             "slice before the next (the order rotates), so load changes hit all engines alike")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="folder for samples_<task>.jsonl (default: a temp folder)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    subjects = stratified_subjects(args.subjects_per_category)
     if args.data_dir != "hub" and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder (use --data-dir hub for the HF hub)")
     data_dir = None if args.data_dir == "hub" else args.data_dir
-    cfg = EvalConfig(
-        mmlu=MMLUConfig(limit=args.mmlu_per_subject, subjects=subjects) if args.mmlu_per_subject else None,
-        gsm8k=GSM8KConfig(limit=args.gsm8k) if args.gsm8k else None,
-        data_dir=data_dir,
-        batch_size=args.batch_size,
-    )
+
+    subjects = stratified_subjects(args.subjects_per_category)
+    slices = [subjects[r :: args.rounds] for r in range(args.rounds)]
     model = ModelSpec(name="smollm2-135m", path=str(embedded_model_dir()), dtype="float32")
-    plans, task_dir = check_inputs(cfg, model)
-    manager = task_manager(str(task_dir))
+    rounds = []
+    for r, part in enumerate(slices):
+        cfg = EvalConfig(
+            mmlu=MMLUConfig(limit=args.mmlu_per_subject, subjects=part) if args.mmlu_per_subject and part else None,
+            gsm8k=GSM8KConfig(limit=args.gsm8k) if args.gsm8k and r == 0 else None,
+            data_dir=data_dir,
+            batch_size=args.batch_size,
+        )
+        plans, task_dir = check_inputs(cfg, model)  # before anything is timed: bad data fails here
+        rounds.append((cfg, plans, task_manager(str(task_dir))))
     out_root = Path(args.out or tempfile.mkdtemp(prefix="accuracy_cpu-"))
     names = args.engines.split(",")
     print(f"MMLU subjects ({len(subjects)}): {', '.join(subjects)}", flush=True)
     print(f"data: {data_dir or 'hub'}; torch threads {args.threads}; dtype {model.dtype}; our batch {args.batch_size}"
-          f" sequences/call; {LM_EVAL_HF} batch {args.lm_eval_batch_size}; samples under {out_root}", flush=True)
+          f" sequences/call; {LM_EVAL_HF} batch {args.lm_eval_batch_size}; {args.rounds} round(s); "
+          f"samples under {out_root}", flush=True)  # fmt: skip
+
+    lms, load_s = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        lms[name] = open_lm(name, model, args.batch_size, args.lm_eval_batch_size)
+        load_s[name] = time.perf_counter() - start
+    blocks: dict[str, dict[str, list[dict]]] = {name: {} for name in names}
+    try:
+        for r, (cfg, plans, manager) in enumerate(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                before = load()
+                out = out_root / name / f"round{r}"
+                out.mkdir(parents=True, exist_ok=True)
+                for plan in plans:
+                    block = run_task(plan, lms[name][0], manager, cfg, out)
+                    blocks[name].setdefault(plan.name, []).append(block)
+                    print(f"round {r} {name} {plan.name}: {block['n_samples']} items, {block['seconds']:.1f}s, "
+                          f"load avg {before} -> {load()}", flush=True)  # fmt: skip
+    finally:
+        for _, engine in lms.values():
+            if engine is not None:
+                engine.close()
 
     rows, timing, baseline, reference = [], [], None, {}
     for name in names:
-        start, load_before = time.perf_counter(), load()
-        lm, engine = open_lm(name, model, args.batch_size, args.lm_eval_batch_size)
-        load_s = time.perf_counter() - start
-        try:
-            (out_root / name).mkdir(parents=True, exist_ok=True)
-            tasks = {plan.name: run_task(plan, lm, manager, cfg, out_root / name) for plan in plans}
-        finally:
-            if engine is not None:
-                engine.close()
-        _, gate = compare(tasks, baseline, cfg.gate_ratio)
+        tasks = {task: merged(parts) for task, parts in blocks[name].items()}
+        _, gate = compare(tasks, baseline, EvalConfig().gate_ratio)
         baseline = baseline or {"accuracy": {"tasks": tasks}, "result_path": name}
         for task, result in tasks.items():
             for metric, value in result["metrics"].items():
                 rows.append((name, task, metric, value["value"], value["stderr"], result["n_samples"],
                              result["seconds"], gate["status"]))  # fmt: skip
         if "mmlu" in tasks:
-            mine = choice_logprobs(tasks["mmlu"]["samples_path"])
+            mine = {k: v for path in tasks["mmlu"]["samples_paths"] for k, v in choice_logprobs(path).items()}
             reference = reference or mine
             diff = max(abs(a - b) for key, choices in mine.items() for a, b in zip(choices, reference[key]))
             flips = sum(max(range(4), key=c.__getitem__) != max(range(4), key=reference[k].__getitem__)
                         for k, c in mine.items())  # fmt: skip
             timing.append((name, tasks["mmlu"]["seconds"], tasks["mmlu"]["metrics"]["acc,none"]["value"],
-                           tasks["mmlu"]["n_samples"], diff, flips, load_s, load_before, load()))  # fmt: skip
-        took = ", ".join(f"{task} {result['seconds']:.1f}s" for task, result in tasks.items())
-        print(f"{name}: load {load_s:.1f}s; {took}; load avg {load_before} -> {load()}", flush=True)
+                           tasks["mmlu"]["n_samples"], diff, flips, load_s[name]))  # fmt: skip
 
     header = f"{'engine':<10} {'task':<6} {'metric':<29} {'value':>7} {'stderr':>7} {'n':>4} {'seconds':>8}  gate vs {names[0]}"
     print("\n" + header + "\n" + "-" * len(header))
@@ -142,12 +173,13 @@ def main() -> None:
         print(f"{engine:<10} {task:<6} {metric:<29} {value:>7.4f} {err:>7} {n:>4} {seconds:>8.1f}  {gate}")
     if timing:
         base_s = timing[0][1]
-        header = (f"{'engine':<10} {'MMLU s':>8} {'vs ' + names[0]:>14} {'acc':>7} {'n':>4} "
-                  f"{'max |dlogp| vs ' + names[0]:>26} {'answers differ':>14} {'load s':>7}  load avg 1/5/15 m before -> after")  # fmt: skip
+        header = (f"{'engine':<10} {'MMLU s':>8} {'speed vs ' + names[0]:>20} {'acc':>7} {'n':>4} "
+                  f"{'max |dlogp| vs ' + names[0]:>26} {'answers differ':>14} {'load s':>7}")  # fmt: skip
         print("\n" + header + "\n" + "-" * len(header))
-        for name, seconds, acc, n, diff, flips, load_s, before, after in timing:
-            print(f"{name:<10} {seconds:>8.1f} {base_s / seconds:>13.2f}x {acc:>7.4f} {n:>4} {diff:>26.2e} "
-                  f"{flips:>14} {load_s:>7.1f}  {before} -> {after}")  # fmt: skip
+        for name, seconds, acc, n, diff, flips, loaded in timing:
+            print(f"{name:<10} {seconds:>8.1f} {base_s / seconds:>19.2f}x {acc:>7.4f} {n:>4} {diff:>26.2e} "
+                  f"{flips:>14} {loaded:>7.1f}")  # fmt: skip
+        print(f"load average at the end (1/5/15 min): {load()}; per-round load averages above")
 
 
 if __name__ == "__main__":
