@@ -63,11 +63,9 @@ def open_lm(name: str, model: ModelSpec, batch_size: int, lm_eval_batch_size: in
 
 def choice_logprobs(path: str) -> dict[tuple[str, int], list[float]]:
     """(task, doc_id) -> the log-likelihood of each answer choice, from a samples_<task>.jsonl."""
-    found = {}
-    for line in open(path, encoding="utf-8"):
-        row = json.loads(line)
-        found[(row["task"], row["doc_id"])] = [float(choice[0][0]) for choice in row["responses"]]
-    return found
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return {(row["task"], row["doc_id"]): [float(choice[0][0]) for choice in row["responses"]] for row in rows}
 
 
 def load() -> str:
@@ -96,8 +94,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="our engines: sequences per score call")
     parser.add_argument("--lm-eval-batch-size", type=int, default=1, help="lm-eval's HFLM (its CLI default: 1)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="interleave: split the subjects into this many slices and run every engine on each "
-                             "slice before the next (the order rotates), so load changes hit all engines alike")  # fmt: skip
+                        help="interleave: split the subjects into this many slices and run every engine on "
+                             "each slice before the next (the order rotates), so load changes hit all alike")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="folder for samples_<task>.jsonl (default: a temp folder)")
     args = parser.parse_args()
@@ -166,7 +164,8 @@ def main() -> None:
             timing.append((name, tasks["mmlu"]["seconds"], tasks["mmlu"]["metrics"]["acc,none"]["value"],
                            tasks["mmlu"]["n_samples"], diff, flips, load_s[name]))  # fmt: skip
 
-    header = f"{'engine':<10} {'task':<6} {'metric':<29} {'value':>7} {'stderr':>7} {'n':>4} {'seconds':>8}  gate vs {names[0]}"
+    header = (f"{'engine':<10} {'task':<6} {'metric':<29} {'value':>7} {'stderr':>7} {'n':>4} {'seconds':>8}  "
+              f"gate vs {names[0]}")  # fmt: skip
     print("\n" + header + "\n" + "-" * len(header))
     for engine, task, metric, value, stderr, n, seconds, gate in rows:
         err = f"{stderr:.4f}" if stderr is not None else "n/a"

@@ -135,8 +135,10 @@ def _note(row: dict[str, Any], is_baseline: bool, code: str | None) -> str:
 def accuracy_columns(rows: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
     """A column per accuracy metric in the table (value ± lm-eval's stderr) and one for the quality gate;
     none when no row was evaluated."""
-    metrics = dict.fromkeys(key for row in rows for key in row
-                            if key.startswith("accuracy.") and key.count(".") == 2 and key != "accuracy.gate")  # fmt: skip
+    metrics = dict.fromkeys(
+        key for row in rows for key in row
+        if key.startswith("accuracy.") and key.count(".") == 2 and key != "accuracy.gate"
+    )  # fmt: skip
 
     def value(row: dict[str, Any], key: str) -> str:
         number, stderr = _number(row, key), _number(row, f"{key}.stderr")

@@ -147,7 +147,9 @@ class HFEngine(Engine):
                 outputs[index] = output
         return outputs  # type: ignore[return-value]
 
-    def run_batch(self, batch: list[Request], arrival: float, progress: ProgressFn | None = None) -> list[RequestOutput]:
+    def run_batch(
+        self, batch: list[Request], arrival: float, progress: ProgressFn | None = None
+    ) -> list[RequestOutput]:
         from transformers import GenerationConfig, StoppingCriteriaList
 
         limits = []

@@ -14,7 +14,12 @@ from collections.abc import Sequence as Seq
 import torch
 
 from engines.base import SamplingParams, ScoredSequence, check_tails, now
-from engines.context_groups import ContextGroup, group_by_context, read_tails, score_whole
+from engines.context_groups import (
+    ContextGroup,
+    group_by_context,
+    read_tails,
+    score_whole,
+)
 from engines.own.block_manager import chain_hash
 from engines.own.llm_engine import LLMEngine
 from engines.own.model_runner import ModelRunner

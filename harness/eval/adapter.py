@@ -2,9 +2,10 @@
 
 The adapter owns tokenization (engines take token ids): it tokenizes with the model
 folder's tokenizer, hands the engine many sequences at once or all generation requests at
-once (`Engine.generate`), and turns results back into lm-eval's answers. Log-likelihood requests are deduplicated and scored (`Engine.score_tails`: only the
-continuation's tokens) question by question, longest first, about `batch_size` sequences per
-engine call; the progress bar counts questions (documents for rolling log-likelihoods).
+once (`Engine.generate`), and turns results back into lm-eval's answers. Log-likelihood
+requests are deduplicated and scored (`Engine.score_tails`: only the continuation's tokens)
+question by question, longest first, about `batch_size` sequences per engine call; the
+progress bar counts questions (documents for rolling log-likelihoods).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class EngineLM(LM):
                     scored = self.engine.score_tails([list(k) for k in chunk], [tails[k] for k in chunk])
                     for key, result in zip(chunk, scored):
                         if len(result.logprobs) != tails[key]:
-                            raise RuntimeError(f"engine scored {len(result.logprobs)} tokens where {tails[key]} were asked")
+                            raise RuntimeError(f"engine scored {len(result.logprobs)} tokens, {tails[key]} asked")
                         found[key] = result
                 bar.update(taken)
         out = []

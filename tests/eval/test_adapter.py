@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_loglikelihood_batches_distinct_sequences_and_sums_the_continuation(toke
 class RecordingBar:
     """Stands in for tqdm: remembers the total and every update."""
 
-    bars: list[RecordingBar] = []
+    bars: ClassVar[list[RecordingBar]] = []
 
     def __init__(self, total=None, **kwargs):
         self.total, self.unit, self.updates = total, kwargs.get("unit"), []
