@@ -199,7 +199,9 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
             if done := record.reusable(store / record.TABLE_NAME, chash, result["hardware_id"], code):
                 print(f"[infermatrix] {done['cell']}: already measured ({done['result_path']}, code "
                       f"{done.get('code_version')}); reuse=never measures it again")  # fmt: skip
-                reused = {**done, "reused": True, "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir)}
+                # this very job folder measured it (a requeued or rerun task): its row stays a measured row
+                again = done.get("job_dir") == str(out_dir)
+                reused = {**done, "reused": not again, "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir)}
                 record.replace_row(sweep_dir / record.TABLE_NAME, reused)
                 return reused
         try:

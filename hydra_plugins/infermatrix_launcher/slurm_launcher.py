@@ -85,20 +85,22 @@ def judge_timeout(signal_delay_s: int) -> None:
 
 @contextmanager
 def cancel_on_abort(jobs: Sequence[Any]) -> Iterator[None]:
-    """Cancel the jobs if the block is interrupted (KeyboardInterrupt, or SIGTERM/SIGHUP turned into one)."""
+    """Cancel the jobs if the block is interrupted (Ctrl-C, SIGTERM, SIGHUP), then exit 128 + the signal."""
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise KeyboardInterrupt(signum)
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args else signal.SIGINT
         arrays = sorted({str(j.job_id).split("_")[0] for j in jobs})
         subprocess.run(["scancel", *arrays], timeout=60, check=False)
-        print(f"[infermatrix] launcher interrupted: cancelled SLURM job(s) {' '.join(arrays)}; rerunning the "
-              "sweep reuses the cells already measured", file=sys.stderr, flush=True)  # fmt: skip
-        raise
+        print(f"[infermatrix] launcher stopped by {signal.Signals(signum).name}: cancelled SLURM job(s) "
+              f"{' '.join(arrays)}; rerunning the sweep reuses the cells already measured",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(128 + signum) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
