@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from harness.config import Config, register
 from harness.report import load_results
+from slurm_cluster import needs_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "slurm" / "sweep.sbatch"
@@ -109,16 +110,8 @@ def test_sweep_sbatch_time_limit_lets_the_default_cell_timeout_fire_first():
     assert (h * 3600 + m * 60 + s) - Config().cell_timeout_s >= 300
 
 
-def slurm_node_idle() -> bool:
-    try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "idle" in done.stdout
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not slurm_node_idle(), reason="no idle SLURM node (slurm/local_cluster.sh starts one)")
+@needs_slurm
 def test_a_real_array_job_measures_every_cell_into_one_table(tmp_path):
     cells = tmp_path / "cells.txt"
     cells.write_text("engine=hf technique.kv_cache=none\nengine=hf technique.kv_cache=contiguous\n")
