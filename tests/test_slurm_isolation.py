@@ -88,7 +88,7 @@ def test_two_jobs_running_the_same_cell_at_once_measure_it_once(tmp_path):
     chash = config_hash([*cell, *extra])
     cells = tmp_path / "cells.txt"
     cells.write_text(" ".join(cell) + "\n" + " ".join(cell) + "\n")  # the same cell twice
-    outs = [tmp_path / f"task-{i}.out" for i in (1, 2)]
+    outs = [tmp_path / "sweep" / "logs" / f"task-{i}.log" for i in (1, 2)]  # sweep.sbatch's task logs
 
     # Hold the cell's lock while both array tasks start, so they surely overlap: each must wait.
     lock_path = store / "locks" / f"{chash}.lock"
@@ -116,7 +116,7 @@ def test_two_jobs_running_the_same_cell_at_once_measure_it_once(tmp_path):
     assert sum("already measured" in t for t in texts) == 1, texts
     stored = list(record.read_rows(store / record.TABLE_NAME))
     assert [(r["config_hash"], r["status"]) for r in stored] == [(chash, "ok")]
-    measured = [Path(o.parent, "sweep", str(i), "result.json") for i, o in zip((1, 2), outs)]
+    measured = [tmp_path / "sweep" / str(i) / "result.json" for i in (1, 2)]
     assert [p.is_file() for p in measured].count(True) == 1
     assert stored[0]["result_path"] == str(next(p for p in measured if p.is_file()))
     # the array's shared table has both tasks: the measured row and the reused one
