@@ -17,7 +17,7 @@ from harness.hardware import HardwareConfig, cost_block, gres_gpus
 from harness.runner import semantic_config
 from harness.slurm_check import check_request, parse_sinfo
 from harness import record
-from hydra_plugins.infermatrix_launcher.slurm_launcher import submitit_parameters
+from hydra_plugins.infermatrix_launcher.slurm_launcher import parse_time_left, submitit_parameters
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register()
@@ -149,3 +149,9 @@ def test_sinfo_lines_parse_into_nodes():
     gpu = parse_sinfo(SINFO)[1]
     assert (gpu.partition, gpu.default, gpu.cpus, gpu.mem_mb) == ("gpu", False, 64, 512000)
     assert gpu.gpus("h100") == 8 and gpu.gpus("a100") == 0 and gpu.features == {"h100", "nvlink"}
+
+
+def test_the_time_a_job_has_left_is_read_in_every_squeue_form():
+    # how a USR2 is judged: a preemption unless the time limit is this close
+    assert [parse_time_left(t) for t in ("4:50", "1:02:03", "2-00:00:01", "UNLIMITED\n", "")] == [
+        290, 3723, 172801, None, None]  # fmt: skip

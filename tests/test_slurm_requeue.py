@@ -139,6 +139,9 @@ def test_a_rerun_after_the_launcher_is_killed_outright_measures_no_cell_twice(tm
     wait_for(lambda: finished(array), 300, "the first launcher's jobs to end")
     stored = rows(tmp_path / "store" / record.TABLE_NAME)
     assert len(stored) == 2 and len({r["config_hash"] for r in stored}) == 2, stored  # each cell measured once
+    rerun_array = re.search(r"as SLURM job\(s\) (\d+)", out).group(1)
+    rerun_log = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob(f"{rerun_array}_0/*_log.*"))
+    assert "already measured" in rerun_log, rerun_log[-2000:]  # the rerun's job reused the orphan's measurement
     table = rows(tmp_path / "sweep" / record.TABLE_NAME)
     assert sorted((r["job_num"], r["status"]) for r in table) == [(0, "ok"), (1, "ok")]  # and counted once
 

@@ -50,13 +50,18 @@ def submitit_parameters(launcher: dict[str, Any]) -> dict[str, Any]:
 
 
 def time_left_s(job_id: str) -> float | None:
-    """Seconds before the job's time limit (squeue %L: [D-]H:MM:SS, MM:SS), None when unknown or unlimited."""
+    """Seconds before the job's time limit, None when unknown or unlimited."""
     try:
         out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True,
-                             timeout=30).stdout.strip()  # fmt: skip
+                             timeout=30).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", out)
+    return parse_time_left(out)
+
+
+def parse_time_left(text: str) -> float | None:
+    """squeue's %L ([D-]H:MM:SS, MM:SS, or UNLIMITED/INVALID) in seconds."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
     if not match:
         return None
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
