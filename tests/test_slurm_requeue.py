@@ -5,7 +5,9 @@ report job runs after the array. Slow cells are engine=fault with a delay per to
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import signal
 import subprocess
@@ -40,6 +42,17 @@ def submitted_array(tmp_path: Path, out: str = "launcher.out") -> str:
     wait_for(lambda: "as SLURM job(s)" in (tmp_path / out).read_text(), 120, "the launcher to submit")
     text = (tmp_path / out).read_text()
     return re.search(r"as SLURM job\(s\) (\d+)", text).group(1)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding a cell's lock (harness/record.py writes it there), None when it is free."""
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return int(path.read_text().split()[1])  # "pid N on HOST"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return None
 
 
 def measuring(job_dir: Path) -> bool:
@@ -144,6 +157,28 @@ def test_a_rerun_after_the_launcher_is_killed_outright_measures_no_cell_twice(tm
     assert "already measured" in rerun_log, rerun_log[-2000:]  # the rerun's job reused the orphan's measurement
     table = rows(tmp_path / "sweep" / record.TABLE_NAME)
     assert sorted((r["job_num"], r["status"]) for r in table) == [(0, "ok"), (1, "ok")]  # and counted once
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_a_job_slurm_ends_without_a_result_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+    proc = launcher_sweep(tmp_path, "engine.token_delay_s=5,0")  # cell 0 takes 30 s, cell 1 none
+    array = submitted_array(tmp_path)
+    wait_for(lambda: measuring(tmp_path / "sweep" / "0"), 240, "cell 0 to start measuring")
+    wait_for(lambda: any(r["job_num"] == 1 for r in rows(tmp_path / "sweep" / record.TABLE_NAME)), 240,
+             "cell 1 to be recorded (then only cell 0 holds a lock)")  # fmt: skip
+    # the job's harness killed outright, as the OOM killer does: it writes no row (a scancel's SIGTERM would
+    # let it record the crash itself); its pid is in the lock it holds on the cell
+    [holder] = [pid for pid in map(lock_holder, (tmp_path / "store" / "locks").glob("*.lock")) if pid]
+    os.kill(holder, signal.SIGKILL)
+    proc.wait(timeout=600)
+    out = (tmp_path / "launcher.out").read_text()
+
+    assert proc.returncode == 1, out[-3000:]  # every cell collected; one failed
+    table = {r["job_num"]: r for r in rows(tmp_path / "sweep" / record.TABLE_NAME)}
+    assert table[1]["status"] == "ok" and table[0]["status"] == "failed"
+    assert table[0]["reason"].startswith(f"SLURM job {array}_0 ended without a result ("), table[0]["reason"]
+    assert table[0]["job_dir"] == str(tmp_path / "sweep" / "0") and "Sweep summary" in out
 
 
 @needs_slurm

@@ -126,9 +126,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         import submitit
 
         assert self.config is not None
-        with open_dict(self.config):  # one folder for every job, a requeued one too (${now:} resolved once)
-            self.config.hydra.sweep.dir = str(Path(str(self.config.hydra.sweep.dir)).absolute())
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))  # jobs resolve ${now:} from the config's cache: one folder
         sweep_dir.mkdir(parents=True, exist_ok=True)
         groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
         requests: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -145,8 +143,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
         jobs: dict[int, Any] = {}
         for launcher, indices in groups.values():
-            folder = str(launcher["submitit_folder"]).replace("${hydra.sweep.dir}", str(sweep_dir))
-            executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
+            executor = submitit.AutoExecutor(folder=launcher["submitit_folder"], cluster="slurm",
                                              slurm_max_num_timeout=launcher["max_num_timeout"])  # fmt: skip
             executor.update_parameters(**submitit_parameters(launcher))
             params = []
@@ -165,7 +162,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             return [self.collect(job, job_overrides[i], initial_job_idx + i) for i, job in enumerate(ordered)]
 
     def collect(self, job: Any, overrides: Sequence[str], num: int) -> JobReturn:
-        """A job's return. One SLURM ended without a result (time limit, cancelled, node failure) is
+        """A job's return. A job SLURM ended without a result (time limit, cancelled, node failure) is
         recorded as a failed row of the sweep table, so the other cells are still collected and summarized."""
         try:
             return job.results()[0]
@@ -187,7 +184,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         with open_dict(cfg):
             del cfg["hydra"]
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(self.config.hydra.sweep.dir).absolute()  # as the job would have named its folder
         row = {"cell": cell_name(resolved), "status": "failed", "reason": reason,
                "config_hash": record.config_hash(semantic_config(resolved)), "sweep_id": "_".join(sweep_dir.parts[-2:]),
                "job_num": num, "job_dir": str(sweep_dir / str(num))}  # fmt: skip
