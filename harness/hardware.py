@@ -83,6 +83,17 @@ def cost_block(hardware: HardwareConfig, device: str, metrics: dict[str, Any], c
     return block
 
 
+def reprice(row: dict[str, Any], hardware: HardwareConfig, device: str) -> dict[str, Any]:
+    """A reused results row with its cost columns priced by the hardware option asked for now."""
+    metrics = {k: row.get(k) for k in ("total_output_tokens", "duration_s", "output_throughput_tok_s")}
+    ci95 = {"output_throughput_tok_s": {b: row.get(f"ci95.output_throughput_tok_s.{b}") for b in ("low", "high")}}
+    cost = cost_block(hardware, device, metrics, ci95)
+    out = {k: v for k, v in row.items() if not k.startswith("cost.")}
+    out.update({f"cost.{k}": v for k, v in cost.items() if k != "ci95"})
+    out.update({f"cost.ci95.{k}": v for k, v in (cost.get("ci95") or {}).items()})
+    return {**out, "hardware_config": hardware.name}
+
+
 def describe(hardware: HardwareConfig) -> dict[str, Any]:
     """What result.json records about the hardware option (beside the measured fingerprint)."""
     return {"name": hardware.name, "gpus": hardware.gpus, "gres": hardware.gres, "partition": hardware.partition,

@@ -202,6 +202,7 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
                 # this very job folder measured it (a requeued or rerun task): its row stays a measured row
                 again = done.get("job_dir") == str(out_dir)
                 reused = {**done, "reused": not again, "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir)}
+                reused = hardware.reprice(reused, config.hardware, device)  # at the price asked for now
                 record.replace_row(sweep_dir / record.TABLE_NAME, reused)
                 return reused
         try:

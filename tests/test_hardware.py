@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from harness.config import ConfigError, load, register
 from harness.energy import EnergyMeter, rapl_domains
-from harness.hardware import HardwareConfig, cost_block, gres_gpus
+from harness.hardware import HardwareConfig, cost_block, gres_gpus, reprice
 from harness.runner import semantic_config
 from harness.slurm_check import check_request, parse_sinfo
 from harness import record
@@ -87,6 +87,16 @@ def test_cost_is_refused_with_a_reason_when_it_would_be_wrong():
     assert no_price["available"] is False and "no price_per_device_hour" in no_price["reason"]
     mismatch = cost_block(HardwareConfig(name="cpu", price_per_device_hour=0.1), "cuda", METRICS, CI)
     assert mismatch["available"] is False and "ran on cuda" in mismatch["reason"]
+
+
+def test_a_reused_row_is_priced_by_the_option_asked_for_now():
+    cheap = HardwareConfig(name="cpu", price_per_device_hour=0.1)
+    row = {"cell": "c", **METRICS, "ci95.output_throughput_tok_s.low": 80.0, "ci95.output_throughput_tok_s.high": 125.0,
+           "cost.available": False, "cost.reason": "no price", "hardware_config": "old"}  # fmt: skip
+    repriced = reprice(row, cheap, "cpu")
+    assert repriced["cost.usd_per_1m_output_tokens"] == pytest.approx(0.1 / 3600 / 100.0 * 1e6)
+    assert repriced["cost.ci95.high"] == pytest.approx(0.1 / 3600 / 80.0 * 1e6)
+    assert "cost.reason" not in repriced and repriced["hardware_config"] == "cpu" and repriced["cell"] == "c"
 
 
 def fake_rapl(root: Path, energy_uj: int, max_uj: int = 1000_000_000) -> None:
