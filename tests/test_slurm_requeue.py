@@ -181,6 +181,21 @@ def test_a_job_slurm_ends_without_a_result_is_a_failed_row_and_the_sweep_goes_on
     assert table[0]["job_dir"] == str(tmp_path / "sweep" / "0") and "Sweep summary" in out
 
 
+@pytest.mark.slow
+@needs_slurm
+def test_cells_asking_for_different_hardware_go_to_separate_arrays(tmp_path):
+    proc = launcher_sweep(tmp_path, "hardware.mem_gb=2,3", "engine.fault_at=init,generate")  # 4 cells, 2 requests
+    proc.wait(timeout=600)
+    out = (tmp_path / "launcher.out").read_text()
+    assert proc.returncode == 0, out[-3000:]
+
+    jobs = re.search(r"submitted 4 cell\(s\) as SLURM job\(s\) (\d+) (\d+);", out).groups()
+    asked = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o", "JobID,ReqMem"], capture_output=True,
+                           text=True, timeout=30).stdout.split()  # fmt: skip
+    assert sorted({line.split("|")[1] for line in asked}) == ["2G", "3G"]  # each array asks for its option's memory
+    assert len(rows(tmp_path / "sweep" / record.TABLE_NAME)) == 4
+
+
 @needs_slurm
 def test_a_request_no_node_can_satisfy_fails_before_submitting(tmp_path):
     cmd = [sys.executable, "-m", "harness.cli", "-m", "hydra/launcher=slurm", "hardware=h100", "engine=fault", *TINY,
@@ -188,7 +203,7 @@ def test_a_request_no_node_can_satisfy_fails_before_submitting(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "SLURM cannot run this sweep: no node of partition" in done.stderr
+    assert "SLURM cannot run this sweep:\n  hardware=h100: no node of partition" in done.stderr
     assert "lacks 8 CPUs" in done.stderr or "GPU(s)" in done.stderr
     assert "Available (sinfo): partition" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted

@@ -116,11 +116,11 @@ class SlurmLauncher(SubmititSlurmLauncher):
         judge_timeout(int(self.params.get("signal_delay_s", 120)))
         return super().__call__(*args, **kwargs)
 
-    def request(self, overrides: Sequence[str]) -> dict[str, Any]:
-        """The launcher node this cell resolves to (its own hardware option and overrides)."""
+    def request(self, overrides: Sequence[str]) -> tuple[dict[str, Any], str]:
+        """The launcher node this cell resolves to (its own hardware option and overrides), and that option's name."""
         assert self.hydra_context is not None and self.config is not None
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        return OmegaConf.to_container(config.hydra.launcher, resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(config.hydra.launcher, resolve=True), str(config.hardware.name)  # type: ignore[return-value]
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
@@ -128,21 +128,22 @@ class SlurmLauncher(SubmititSlurmLauncher):
         assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))  # jobs resolve ${now:} from the config's cache: one folder
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
-        requests: dict[tuple[str, ...], dict[str, Any]] = {}
+        groups: dict[str, tuple[dict[str, Any], str, list[int]]] = {}
+        requests: dict[tuple[str, ...], tuple[dict[str, Any], str]] = {}
         for index, overrides in enumerate(job_overrides):
             key = tuple(o for o in overrides if REQUEST_OVERRIDE.match(o))
             if key not in requests:
                 requests[key] = self.request(overrides)
-            launcher = requests[key]
-            groups.setdefault(repr(sorted(launcher.items())), (launcher, []))[1].append(index)
-        for launcher, _ in groups.values():  # all requests checked before any is submitted
-            if problem := check_request(submitit_parameters(launcher)):
-                print(f"[infermatrix] SLURM cannot run this sweep: {problem}", file=sys.stderr, flush=True)
-                raise SystemExit(2)
+            launcher, hardware = requests[key]
+            groups.setdefault(repr(sorted(launcher.items())), (launcher, hardware, []))[2].append(index)
+        problems = [f"hardware={hardware}: {problem}" for launcher, hardware, _ in groups.values()
+                    if (problem := check_request(submitit_parameters(launcher)))]  # fmt: skip
+        if problems:  # every request checked before any is submitted
+            print("[infermatrix] SLURM cannot run this sweep:\n  " + "\n  ".join(problems), file=sys.stderr, flush=True)
+            raise SystemExit(2)
 
         jobs: dict[int, Any] = {}
-        for launcher, indices in groups.values():
+        for launcher, _, indices in groups.values():
             executor = submitit.AutoExecutor(folder=launcher["submitit_folder"], cluster="slurm",
                                              slurm_max_num_timeout=launcher["max_num_timeout"])  # fmt: skip
             executor.update_parameters(**submitit_parameters(launcher))
