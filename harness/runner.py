@@ -16,14 +16,14 @@ import json
 import os
 import math
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from engines import ENGINES, engine_class, options_class
-from engines.base import Engine, ModelSpec, UnsupportedTechnique
+from engines.base import Engine, ModelSpec, Spec, UnsupportedTechnique
 from engines.environment import code_version, hardware_fingerprint, resolve_device
 from engines.worker import start_engine
 from harness import hardware, record
@@ -34,6 +34,7 @@ from harness.config import (
     ConfigError,
     Isolation,
     Reuse,
+    ModelConfig,
     ScenarioConfig,
     ScenarioName,
     load,
@@ -137,6 +138,19 @@ def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, res
     return engine
 
 
+def draft_model_spec(name: str, random: bool = False) -> ModelSpec:
+    """technique.spec_draft_model: the ModelSpec of conf/model/<name>.yaml, resolved like the target's; with
+    random weights (of its architecture) when the target has random weights."""
+    path = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"technique.spec_draft_model='{name}' is not a model config; choose one of: {', '.join(choices)}")
+    m: ModelConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
+    spec, _ = model_spec(m.name, "random" if random else m.source.value, m.dtype.value, local_path=m.local_path, hub_id=m.hub_id,
+                         architecture=m.architecture, seed=m.seed)  # fmt: skip
+    return spec
+
+
 def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, Any]) -> None:
     """Fill `result` in place, so whatever was learned before a failure is still recorded."""
     m = config.model
@@ -146,6 +160,10 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
     )  # fmt: skip
     result["model"] = {"name": m.name, "source_kind": kind, "path": spec.path, "dtype": m.dtype.value,
                        "gguf_path": spec.gguf_path, "random_weights": spec.is_random}  # fmt: skip
+    draft = config.technique.spec_draft_model
+    if config.technique.spec is Spec.draft and draft is not None and draft != m.name:
+        spec = replace(spec, draft=draft_model_spec(draft, random=spec.is_random))
+        result["model"]["draft"] = {"name": draft, "path": spec.draft.path, "random_weights": spec.draft.is_random}
     engine = open_engine(config, spec, device, out_dir, result)
     try:
         vocab_size, special = vocabulary(spec)
