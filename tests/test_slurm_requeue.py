@@ -89,8 +89,8 @@ def test_a_preempted_sweep_sbatch_task_requeues_itself_and_the_report_job_follow
     cells.write_text("engine=fault engine.token_delay_s=3\nengine=fault\n")
     env = job_env(INFERMATRIX_SWEEP_DIR=str(tmp_path / "sweep"))
     submit = ["bash", str(ROOT / "slurm" / "submit_sweep.sh"), str(cells), "--cpus-per-task=1", "--mem=2G",
-              "--time=10", f"--output={tmp_path}/slurm-%A_%a.out", "--", *TINY, f"store={tmp_path / 'store'}"]  # fmt: skip
-    done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
+              "--time=10", "--", *TINY, f"store={tmp_path / 'store'}"]  # fmt: skip
+    done = subprocess.run(submit, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     array, report = re.search(r"array job (\d+) \(2 cells\), report job (\d+)", done.stdout).groups()
     wait_for(lambda: measuring(tmp_path / "sweep" / "1"), 240, "task 1 to start measuring")
@@ -106,7 +106,10 @@ def test_a_preempted_sweep_sbatch_task_requeues_itself_and_the_report_job_follow
     assert next(r for r in table if r["job_num"] == 1)["slurm.restart_count"] == "1"
     report_text = (tmp_path / "sweep" / "report.txt").read_text()
     assert "fault/smollm2-135m/latency/fixed/token_delay_s=3.0" in report_text
-    assert not list(tmp_path.glob("multirun"))  # nothing landed outside the sweep folder
+    # every log is in the sweep folder; nothing landed in the submit folder
+    assert {p.name for p in (tmp_path / "sweep" / "logs").iterdir()} == {
+        "report.log", f"report-{report}.out", "slurm-1.out", "slurm-2.out", "task-1.log", "task-2.log"}  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.txt", "store", "sweep"]
 
 
 @pytest.mark.slow
