@@ -23,6 +23,7 @@ from engines import ENGINES, options_class
 from engines.base import Technique
 from harness.eval.config import EvalConfig
 from harness.experiment import ExperimentConfig
+from harness.hardware import HardwareConfig
 from harness.trackers.config import TrackerConfig
 
 
@@ -228,6 +229,7 @@ class Config:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # +experiment=<name>: a study and its claims
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)  # what a cluster job asks for; its price
     device: Device = Device.auto
     threads: int | None = None  # torch threads on CPU; None = one per core
     store: str = "results"  # results store: results.jsonl of every cell, used to reuse finished cells
@@ -242,8 +244,10 @@ class Config:
             raise ConfigError(f"cell_timeout_s must be > 0 or null, got {self.cell_timeout_s}")
 
 
-# Keys that do not change what is measured: left out of the config hash.
-NON_SEMANTIC_KEYS = ("tracker", "store", "reuse", "isolation", "cell_timeout_s", "experiment")
+# Keys that do not change what is measured: left out of the config hash. (`hardware` says where a job
+# runs and what it costs; the measured fingerprint, part of every reuse check, says what it ran on;
+# `experiment` names the study a cell serves.)
+NON_SEMANTIC_KEYS = ("tracker", "store", "reuse", "isolation", "cell_timeout_s", "hardware", "experiment")
 
 
 def register() -> None:

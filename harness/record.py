@@ -88,6 +88,7 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
         "device": result.get("environment", {}).get("device") or (result.get("hardware") or {}).get("device"),
         "hardware_id": result.get("hardware_id"),
         "hardware": describe_hardware(result.get("hardware") or {}),
+        "hardware_config": (result.get("hardware_config") or {}).get("name"),
         "code_version": result.get("code_version"),
         "result_path": str(result_path),
         "finished_at": result.get("finished_at"),
@@ -101,11 +102,14 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
     row.update(flatten(serving, "serving."))
     row.update(flatten(result.get("ci95") or {}, "ci95."))
     row.update(accuracy_columns(result.get("accuracy") or {}))
+    row.update(flatten(result.get("cost") or {}, "cost."))
+    row.update(flatten({k: v for k, v in (result.get("energy") or {}).items() if k != "by_domain"}, "energy."))
+    row.update(flatten(result.get("slurm") or {}, "slurm."))
     stats = result.get("engine_stats") or {}
     row.update({f"engine_stats.{k}": v for k, v in stats.items() if isinstance(v, (int, float, str, bool))})
     speculation = stats.get("speculation") or {}
     row.update({f"spec.{k}": speculation.get(k) for k in SPEC_COLUMNS if k in speculation})
-    for block in ("quantization", "perplexity", "cost", "energy"):  # techniques' and hardware's own blocks
+    for block in ("quantization", "perplexity"):  # the quantization technique's own blocks
         if isinstance(result.get(block), dict):
             row.update(flatten(result[block], f"{block}."))
     row.update(flatten(result.get("tracker", {}), "tracker."))
