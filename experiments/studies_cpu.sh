@@ -32,7 +32,7 @@ for name in "${NAMES[@]}"; do
     cat "$OUT/$name"/round-*/results.jsonl > "reports/$name/results.jsonl"
   fi
   "$PY" -m harness.cli report "reports/$name/results.jsonl" --out "reports/$name" --title "Study: $name (CPU)" \
-    --note "Measured by: $measure, once per round (rounds: each cell once, then again), via experiments/studies_cpu.sh under flock."
+    --note "Measured by: $measure (rounds: $ROUNDS; a round sweeps every cell once), via experiments/studies_cpu.sh under flock."
 done
 tables=(reports/*/results.jsonl)
 "$PY" -m harness.cli report "${tables[@]}" --out reports/claims --title "Claims so far (CPU studies)" --all-claims \
