@@ -27,6 +27,7 @@ from engines.base import (
     KVCache,
     ModelSpec,
     ProgressFn,
+    Quant,
     Request,
     RequestOutput,
     ScoredSequence,
@@ -85,6 +86,7 @@ class HFEngine(Engine):
         "prefix_cache": (False,),
         "attention": (Attention.sdpa,),
         "graphs": (Graphs.eager,),
+        "quant": (Quant.none,),
     }
     defaults: ClassVar[dict[str, Any]] = {
         "kv_cache": KVCache.contiguous,
@@ -93,6 +95,7 @@ class HFEngine(Engine):
         "prefix_cache": False,
         "attention": Attention.sdpa,
         "graphs": Graphs.eager,
+        "quant": Quant.none,
     }
 
     def __init__(self, model: ModelSpec, technique: Technique, options: HfOptions, device: str):

@@ -39,6 +39,7 @@ from engines.base import (
     Engine,
     EngineOptions,
     Graphs,
+    Quant,
     KVCache,
     ModelSpec,
     ProgressFn,
@@ -134,6 +135,7 @@ class LlamaCppEngine(Engine):
         # flash_attn = the flash-attn package): attention stays unset (null) and any explicit value is skipped
         "attention": (),
         "graphs": (Graphs.eager,),  # a ggml graph built and run per decode call; no CUDA graphs, no compile
+        "quant": (Quant.gguf,),  # the GGUF file's own quantization (the embedded one is Q4_1), as stored
     }
     defaults: ClassVar[dict[str, Any]] = {
         "kv_cache": KVCache.contiguous,
@@ -142,6 +144,7 @@ class LlamaCppEngine(Engine):
         "prefix_cache": False,
         "attention": None,
         "graphs": Graphs.eager,
+        "quant": Quant.gguf,
     }
 
     def __init__(self, model: ModelSpec, technique: Technique, options: EngineOptions, device: str):
