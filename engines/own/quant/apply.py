@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engines.own.quant.formats import quantize_int4, quantize_int8
-from engines.own.quant.linear import Int4Linear, Int8Linear, Linear, default_backend
+from engines.own.quant.linear import Int4Linear, Int8Linear, Linear, compute_dtype, default_backend
 
 METHODS = ("none", "int8", "int4")
 BITS = {"none": None, "int8": 8, "int4": 4}
@@ -32,8 +32,8 @@ def quantize_model(
     if method not in METHODS:
         raise ValueError(f"own engine quant '{method}' is not one of: {', '.join(METHODS)}")
     before = weight_bytes(model)
-    device = next(model.parameters()).device
-    backend = backend or default_backend(device)
+    first = next(model.parameters())
+    backend = backend or default_backend(first.device)
     if method == "int4":
         group_size = group_size or DEFAULT_INT4_GROUP
     layers = 0
@@ -47,6 +47,7 @@ def quantize_model(
         "method": method, "bits": BITS[method], "group_size": group_size if method == "int4" else None,
         "kernel": None if method == "none" else _kernel_name(backend, method), "quantized_layers": layers,
         "weight_bytes": weight_bytes(model), "weight_bytes_unquantized": before,
+        "activation_dtype": None if method == "none" else str(compute_dtype(first.dtype, backend)).removeprefix("torch."),
         "float_parts": "embedding / LM head, norms",
     }  # fmt: skip
 
