@@ -99,6 +99,10 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
     row.update(flatten(serving, "serving."))
     row.update(flatten(result.get("ci95") or {}, "ci95."))
     row.update(accuracy_columns(result.get("accuracy") or {}))
+    quant = result.get("quantization") or {}
+    row.update({f"quantization.{k}": quant.get(k) for k in ("weight_bytes", "bits", "group_size") if k in quant})
+    if isinstance((result.get("perplexity") or {}).get("perplexity"), float):
+        row["perplexity"] = result["perplexity"]["perplexity"]
     row.update(flatten(result.get("tracker", {}), "tracker."))
     return _clean(row)
 
