@@ -79,6 +79,14 @@ def default_threads() -> tuple[int, str]:
     return usable_cores(), "usable cores"
 
 
+def file_type(path: str) -> dict[str, str]:
+    """The GGUF's `general.file_type`, read from its header (as llama.cpp's metadata dict holds it)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.file_type")
+    return {} if field is None else {"general.file_type": str(int(field.parts[field.data[0]][0]))}
+
+
 def quantization_name(metadata: dict[str, str]) -> str | None:
     """The GGUF's file type as llama.cpp names it (general.file_type 3 -> "Q4_1"), or None when absent."""
     import llama_cpp
@@ -177,6 +185,10 @@ class LlamaCppEngine(Engine):
         else:
             self.n_threads, self.threads_source = default_threads()
         self.n_threads_batch = opts.n_threads_batch or self.n_threads
+        if opts.gguf_type is not None and opts.gguf_type.upper() != (quantization_name(file_type(gguf)) or ""):
+            from engines.llamacpp.requantize import requantized
+
+            self.gguf_path = str(requantized(Path(gguf), opts.gguf_type, self.n_threads))
         self.llama = llama_cpp.Llama(
             model_path=self.gguf_path,
             n_gpu_layers=0,
