@@ -73,6 +73,12 @@ def quantize_awq(model_dir: Path, out: Path, texts: list[str], group_size: int) 
     from llmcompressor.modifiers.awq import AWQModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import torch
+
+    if not torch.cuda.is_available():
+        # llm-compressor 0.14 pins its cached activations (`Tensor.pin_memory`), which raises "Cannot access
+        # accelerator device when none is available" on a CPU-only machine; pinning only speeds host-to-GPU copies
+        torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": group_size}
