@@ -16,7 +16,7 @@ VENV="$CACHE/venvs/hf-quant"
 PY="$VENV/bin/python"
 BASE_PYTHON="${BASE_PYTHON:-python3}"
 
-if [ -x "$PY" ] && "$PY" -c "import torchao, bitsandbytes, gptqmodel, llmcompressor" >/dev/null 2>&1; then
+if [ -x "$PY" ] && "$PY" -c "import torchao, bitsandbytes, gptqmodel, optimum, llmcompressor" >/dev/null 2>&1; then
     echo "quantization libraries already installed in $VENV" >&2
     echo "$PY"
     exit 0
@@ -29,7 +29,8 @@ mkdir -p "$CACHE/venvs"
 "$PY" -m pip install -q "torch==$TORCH_VERSION"
 "$PY" -m pip install -q "transformers>=5,<6" safetensors accelerate psutil
 # each library alone, so one that fails to install does not take the others with it
-for pkg in torchao bitsandbytes "gptqmodel==7.6.0" llmcompressor; do
+# optimum: transformers 5.17 asks for it to load a GPTQ checkpoint ("Loading a GPTQ quantized model requires optimum")
+for pkg in torchao bitsandbytes "gptqmodel==7.6.0" optimum llmcompressor; do
     "$PY" -m pip install -q "$pkg" "torch==$TORCH_VERSION" || echo "note: $pkg did not install" >&2
 done
 "$PY" - <<'PY' >&2 || true
