@@ -5,7 +5,10 @@ tok/s (1000 / TPOT) with their 95% intervals, offline output tok/s with its inte
 GSM8K text, MMLU and GSM8K accuracy with the delta to the same engine's quant=none cell, and the load average.
 Skipped and failed cells are listed with their reasons.
 
-    python experiments/quant_table.py STORE_DIR
+    python experiments/quant_table.py QUALITY_STORE [SPEED_STORE]
+
+The quality pass's short latency run gives weight bytes, perplexity and accuracy; the speed pass (run under the
+benchmark lock) gives the timings and peak RSS. With one store, both come from it.
 """
 
 from __future__ import annotations
@@ -32,24 +35,30 @@ def key_of(row: dict, result: dict) -> tuple[str, str]:
     return row["engine"], label
 
 
-def main(store: str) -> None:
-    rows = [json.loads(line) for line in open(Path(store) / "results.jsonl")]
-    cells: dict[tuple[str, str], dict] = {}
-    skipped = []
-    for row in rows:
+def read(store: str, cells: dict, skipped: list, prefix: str) -> None:
+    path = Path(store) / "results.jsonl"
+    for row in (json.loads(line) for line in open(path)) if path.is_file() else ():
         result = json.loads(Path(row["result_path"]).read_text()) if Path(row["result_path"]).is_file() else {}
         if row["status"] != "ok":
-            skipped.append((row["cell"], row["status"], (row.get("reason") or "")[:160]))
+            skipped.append((row["cell"], row["status"], (row.get("reason") or "")[:200]))
             continue
-        cell = cells.setdefault(key_of(row, result), {})
-        cell[row["scenario"]] = (row, result)
+        cells.setdefault(key_of(row, result), {})[prefix + row["scenario"]] = (row, result)
+
+
+def main(quality_store: str, speed_store: str | None = None) -> None:
+    cells: dict[tuple[str, str], dict] = {}
+    skipped: list = []
+    read(quality_store, cells, skipped, "quality-" if speed_store else "")
+    if speed_store:
+        read(speed_store, cells, skipped, "")
     head = (f"{'engine':8} {'quant':18} {'weight MB':>9} {'peak MB':>7} {'b1 out tok/s [95% CI]':>22} "
             f"{'b1 decode tok/s [CI]':>22} {'offline tok/s [CI]':>22} {'ppl':>6} {'MMLU (d)':>14} {'GSM8K (d)':>14} load")  # fmt: skip
     print(head)
     print("-" * len(head))
     for (engine, label), by in cells.items():
-        lat_row, lat = by.get("latency", ({}, {}))
+        lat_row, _ = by.get("latency", ({}, {}))
         off_row, _ = by.get("throughput", ({}, {}))
+        lat = by.get("quality-latency", by.get("latency", ({}, {})))[1]
         quant = lat.get("quantization") or {}
         weight = quant.get("weight_bytes")
         ppl = (lat.get("perplexity") or {}).get("perplexity")
@@ -76,4 +85,4 @@ def main(store: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
