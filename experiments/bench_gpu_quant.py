@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import create_engine  # noqa: E402
-from engines.base import Graphs, ModelSpec, Quant, Request, SamplingParams, Technique  # noqa: E402
+from engines.base import Attention, Graphs, ModelSpec, Quant, Request, SamplingParams, Technique  # noqa: E402
 from engines.own.quant.formats import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8  # noqa: E402
 from engines.own.quant.linear import Int4Linear, Int8Linear  # noqa: E402
 
@@ -109,7 +109,8 @@ def decode_rounds(layers: int, rounds: int, new_tokens: int, copy_gbs: float) ->
     for r in range(rounds):
         for quant in ("none", "int8", "int4"):
             group = GROUP if quant == "int4" else None
-            technique = Technique(quant=Quant(quant), quant_group_size=group, graphs=Graphs.cuda_graphs)
+            technique = Technique(quant=Quant(quant), quant_group_size=group, graphs=Graphs.cuda_graphs,
+                                  attention=Attention.triton)  # CUDA graphs replay our Triton attention
             engine = create_engine("own", spec, technique, {"max_num_seqs": 1, "max_model_len": 4096}, "cuda")
             request = [Request("r", prompt, SamplingParams(max_tokens=new_tokens, ignore_eos=True))]
             engine.generate([Request("w", prompt, SamplingParams(max_tokens=8, ignore_eos=True))])  # warm-up
