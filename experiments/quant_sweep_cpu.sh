@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every technique.quant value on the embedded SmolLM2, through the harness, on this CPU, in two passes:
-#   quality: weight bytes, perplexity on a fixed GSM8K text, and a small MMLU (2 subjects x 10, 5-shot) / GSM8K
-#            (first 5, 5-shot) subset with the delta to the same engine's quant=none cell (one short latency run
+#   quality: weight bytes, perplexity on a fixed GSM8K text, and a small MMLU (2 subjects x 5, 5-shot) / GSM8K
+#            (first 3, 5-shot, 160 tokens) subset with the delta to the same engine's quant=none cell (one short latency run
 #            each: its timing is not the speed result). Not a timing benchmark: runs without the lock.
 #   speed:   batch-1 latency (128 in / 32 out, 3 repeats) and offline throughput (16 requests, 3 repeats), peak RSS,
 #            each cell with its 95% interval and load average. A timing benchmark: run it under the lock.
@@ -21,7 +21,7 @@ export OMP_WAIT_POLICY=PASSIVE
 COMMON=(tracker=none threads=1 model=smollm2-135m store="$STORE" reuse=never eval.data_dir="$DATA")
 QUALITY=(scenario=latency scenario.warmup=0 scenario.repeats=1 workload=fixed workload.input_len.mean=16
          workload.output_len.mean=4 "eval=[mmlu,gsm8k]" "eval.mmlu.subjects=[high_school_geography,marketing]"
-         eval.mmlu.limit=10 eval.gsm8k.limit=5)
+         eval.mmlu.limit=5 eval.gsm8k.limit=3 eval.gsm8k.max_gen_toks=160)
 LATENCY=(scenario=latency scenario.warmup=1 scenario.repeats=3 workload=fixed workload.input_len.mean=128
          workload.output_len.mean=32)
 OFFLINE=(scenario=throughput scenario.num_requests=16 scenario.warmup=1 scenario.repeats=3 workload=uniform
