@@ -3,7 +3,7 @@
 #   quality: weight bytes, perplexity on a fixed GSM8K text, and a small MMLU (2 subjects x 5, 5-shot) / GSM8K
 #            (first 3, 5-shot, 160 tokens) subset with the delta to the same engine's quant=none cell (one short latency run
 #            each: its timing is not the speed result). Not a timing benchmark: runs without the lock.
-#   speed:   batch-1 latency (128 in / 32 out, 3 repeats) and offline throughput (16 requests, 3 repeats), peak RSS,
+#   speed:   batch-1 latency (128 in / 32 out, 3 repeats) and offline throughput (8 requests, 3 repeats), peak RSS,
 #            each cell with its 95% interval and load average. A timing benchmark: run it under the lock.
 #   bash experiments/quant_sweep_cpu.sh quality STORE DATA
 #   flock /work/wt/bench.lock bash experiments/quant_sweep_cpu.sh speed STORE DATA
@@ -24,8 +24,8 @@ QUALITY=(scenario=latency scenario.warmup=0 scenario.repeats=1 workload=fixed wo
          eval.mmlu.limit=5 eval.gsm8k.limit=3 eval.gsm8k.max_gen_toks=160)
 LATENCY=(scenario=latency scenario.warmup=1 scenario.repeats=3 workload=fixed workload.input_len.mean=128
          workload.output_len.mean=32)
-OFFLINE=(scenario=throughput scenario.num_requests=16 scenario.warmup=1 scenario.repeats=3 workload=uniform
-         workload.input_len.low=64 workload.input_len.high=256 workload.output_len.low=32 workload.output_len.high=64)
+OFFLINE=(scenario=throughput scenario.num_requests=8 scenario.warmup=1 scenario.repeats=3 workload=uniform
+         workload.input_len.low=64 workload.input_len.high=192 workload.output_len.low=32 workload.output_len.high=48)
 run() { echo "== $* (load $(cut -d' ' -f1-3 /proc/loadavg))"; "$PY" -m harness.cli -m "${COMMON[@]}" "$@"; }
 
 cells() {  # $@: the scenario's overrides; $BASE: whether to add the accuracy baseline
