@@ -5,7 +5,7 @@ tok/s (1000 / TPOT) with their 95% intervals, offline output tok/s with its inte
 GSM8K text, MMLU and GSM8K accuracy with the delta to the same engine's quant=none cell, and the load average.
 Skipped and failed cells are listed with their reasons.
 
-    python experiments/quant_table.py QUALITY_STORE [SPEED_STORE]
+    python experiments/quant_table.py QUALITY_STORE[,MORE_QUALITY_STORES] [SPEED_STORE]
 
 The quality pass's short latency run gives weight bytes, perplexity and accuracy; the speed pass (run under the
 benchmark lock) gives the timings and peak RSS. With one store, both come from it.
@@ -48,7 +48,8 @@ def read(store: str, cells: dict, skipped: list, prefix: str) -> None:
 def main(quality_store: str, speed_store: str | None = None) -> None:
     cells: dict[tuple[str, str], dict] = {}
     skipped: list = []
-    read(quality_store, cells, skipped, "quality-" if speed_store else "")
+    for store in quality_store.split(","):
+        read(store, cells, skipped, "quality-" if speed_store else "")
     if speed_store:
         read(speed_store, cells, skipped, "")
     head = (f"{'engine':8} {'quant':18} {'weight MB':>9} {'peak MB':>7} {'b1 out tok/s [95% CI]':>22} "
