@@ -22,6 +22,8 @@ def ci(row: dict, key: str, scale: float = 1.0, invert: bool = False) -> str:
     mean, low, high = (row.get(f"ci95.{key}.{p}") for p in ("mean", "low", "high"))
     if mean is None:
         return "-"
+    if low is None or high is None:  # one repeat: no interval
+        return f"{1000 / mean:.1f} [n=1]" if invert else f"{mean * scale:.1f} [n=1]"
     if invert:  # tok/s from a time in ms: the interval flips
         return f"{1000 / mean:.1f} [{1000 / high:.1f}, {1000 / low:.1f}]"
     return f"{mean * scale:.1f} [{low * scale:.1f}, {high * scale:.1f}]"
