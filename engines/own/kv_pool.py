@@ -27,10 +27,6 @@ def default_kv_budget(
     return min(wanted_tokens * kv_bytes_per_token(config, dtype), int(psutil.virtual_memory().available * CPU_RAM_FRACTION))
 
 
-def num_blocks_for_budget(budget_bytes: int, config: ModelConfig, dtype: torch.dtype, block_size: int) -> int:
-    return budget_bytes // (kv_bytes_per_token(config, dtype) * block_size)
-
-
 def allocate_kv_caches(
     config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
