@@ -244,7 +244,8 @@ class Arrivals:
 
 @dataclass(slots=True)
 class ScoredSequence:
-    """log p(token[i] | token[:i]) for i >= 1, and whether token[i] was the argmax."""
+    """log p(token[i] | token[:i]) for i >= 1 (score_tails: for its last t tokens only), and whether
+    token[i] was the argmax."""
 
     logprobs: list[float]
     is_greedy: list[bool]
@@ -303,6 +304,14 @@ class Engine(ABC):
     def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
         """Teacher-forced log-probabilities of each sequence under the model."""
 
+    def score_tails(self, sequences: Sequence[Sequence[int]], tails: Sequence[int]) -> list[ScoredSequence]:
+        """Like `score`, but only the last `tails[i]` tokens of sequence i need a log-probability (an
+        lm-eval continuation), so engines may skip the head over the context, share one forward among
+        sequences that differ only in their last token, and serve shared prefixes from a cache.
+        Returns exactly `tails[i]` entries per sequence. This default scores everything and cuts."""
+        check_tails(sequences, tails)
+        return [ScoredSequence(r.logprobs[-t:], r.is_greedy[-t:]) for r, t in zip(self.score(sequences), tails)]
+
     @abstractmethod
     def stats(self) -> dict[str, Any]:
         """Engine statistics: peak memory, KV bytes allocated and used, cache hit rate..."""
@@ -324,6 +333,15 @@ class Engine(ABC):
         from engines.memory import MemoryMonitor
 
         return MemoryMonitor(device)
+
+
+def check_tails(sequences: Sequence[Sequence[int]], tails: Sequence[int]) -> None:
+    """ValueError unless there is one tail per sequence, each in [1, len(sequence) - 1]."""
+    if not isinstance(tails, (list, tuple)) or len(tails) != len(sequences):
+        raise ValueError(f"score_tails: need one tail per sequence ({len(sequences)}), got {show(tails)}")
+    for index, (seq, tail) in enumerate(zip(sequences, tails)):
+        if not is_int(tail) or not 1 <= tail <= len(seq) - 1:
+            raise ValueError(f"score_tails: tail of sequence {index} must be an int in [1, {len(seq) - 1}], got {show(tail)}")
 
 
 def now() -> float:

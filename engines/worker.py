@@ -61,7 +61,7 @@ def serve(conn: Connection) -> None:
                 value = engine.eos_token_id
             elif method == "close":
                 value = engine.close() if engine is not None else None
-            elif method in ("score", "stats"):
+            elif method in ("score", "score_tails", "stats"):
                 value = getattr(engine, method)(*args)
             else:
                 raise ValueError(f"unknown worker method {method!r}")

@@ -175,6 +175,9 @@ class EngineProcess(Engine):
     def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
         return self.call("score", [list(s) for s in sequences])
 
+    def score_tails(self, sequences: Sequence[Sequence[int]], tails: Sequence[int]) -> list[ScoredSequence]:
+        return self.call("score_tails", [list(s) for s in sequences], list(tails))
+
     def stats(self) -> dict[str, Any]:
         return self.call("stats")
 

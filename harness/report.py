@@ -132,9 +132,29 @@ def _note(row: dict[str, Any], is_baseline: bool, code: str | None) -> str:
     return "; ".join(notes + stability_notes(row))
 
 
+def accuracy_columns(rows: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """A column per accuracy metric in the table (value ± lm-eval's stderr) and one for the quality gate;
+    none when no row was evaluated."""
+    metrics = dict.fromkeys(
+        key for row in rows for key in row
+        if key.startswith("accuracy.") and key.count(".") == 2 and key != "accuracy.gate"
+    )  # fmt: skip
+
+    def value(row: dict[str, Any], key: str) -> str:
+        number, stderr = _number(row, key), _number(row, f"{key}.stderr")
+        return _fmt(number, ".3f") + (f"±{stderr:.3f}" if number is not None and stderr is not None else "")
+
+    columns = [(key.removeprefix("accuracy.").replace(".", " ").removesuffix(",none"), lambda r, k=key: value(r, k))
+               for key in metrics]  # fmt: skip
+    if any(row.get("accuracy.gate") for row in rows):
+        columns.append(("gate", lambda r: str(r.get("accuracy.gate") or "-")))
+    return columns
+
+
 def summarize(df: pd.DataFrame, baseline: str | None = None, code: str | None = None) -> str:
     """One fixed-width line per cell: status, latencies, output tok/s with its 95% CI, the largest CV
-    over repeats ('!' above 5%), peak memory, and speedups against the baseline cell; failed and
+    over repeats ('!' above 5%), peak memory, speedups against the baseline cell, and accuracy with the
+    quality gate when cells were evaluated; failed and
     skipped cells show their reason, ok cells warnings about their intervals and, when measured by
     another code version than `code` (default: this checkout's), that they are stale."""
     if df.empty:
@@ -167,6 +187,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None, code: str | None = 
              ("E2E x", lambda r: _fmt(speedups(r, base)[1], ".2f", "x"))]
             if len(rows) > 1 else []
         ),  # fmt: skip
+        *accuracy_columns(rows),
         ("note", lambda r: _note(r, r is base, code)),  # rows are distinct dicts: `is` marks one row
     ]
     table = [[header for header, _ in columns]] + [[text(row) for _, text in columns] for row in rows]

@@ -164,6 +164,10 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
     if config.technique.spec is Spec.draft and draft is not None and draft != m.name:
         spec = replace(spec, draft=draft_model_spec(draft, random=spec.is_random))
         result["model"]["draft"] = {"name": draft, "path": spec.draft.path, "random_weights": spec.draft.is_random}
+    if config.eval.selected():  # bad eval inputs fail before the model loads and the measurement runs
+        from harness.eval.evaluate import check_inputs
+
+        check_inputs(config.eval, spec)
     engine = open_engine(config, spec, device, out_dir, result)
     try:
         vocab_size, special = vocabulary(spec)

@@ -249,3 +249,14 @@ def test_cuda_greedy_tokens_equal_hf_generate_and_peak_memory_is_reported(smollm
     assert [o.token_ids for o in outputs] == expected
     stats = gpu.stats()
     assert stats["peak_memory_bytes"] >= stats["param_bytes"] > 0
+
+
+def test_progress_hears_of_each_request_when_it_finishes_not_when_its_batch_ends(engine, prompt_ids):
+    import time
+
+    calls: list[tuple[int, float]] = []
+    requests = [Request(f"r{n}", prompt_ids[0], SamplingParams(max_tokens=n, ignore_eos=True)) for n in (2, 5, 5)]
+    outputs = engine.generate(requests, progress=lambda n: calls.append((n, time.perf_counter())))
+    assert [len(o.token_ids) for o in outputs] == [2, 5, 5]
+    assert [n for n, _ in calls] == [1, 2]  # one batch, two moments
+    assert calls[0][1] < outputs[1].token_times[-1]  # the short one was counted before the batch ended

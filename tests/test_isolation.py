@@ -102,3 +102,19 @@ def test_engine_python_runs_the_worker_under_another_interpreter_that_sees_only_
     missing = tmp_path / "no-such-venv" / "bin" / "python"
     row, result = fault_cell(tmp_path, "b", f"engine.python={missing}", "reuse=never")
     assert row["status"] == "failed" and str(missing) in result["reason"]
+
+
+def test_score_tails_travels_to_the_engine_process_and_back(tmp_path):
+    from engines.base import ModelSpec, Technique
+    from engines.fault.config import FaultOptions
+    from harness.isolation import EngineProcess
+
+    engine = EngineProcess("engines.fault.engine:FaultEngine", ModelSpec("m", None), Technique(), FaultOptions(),
+                           "cpu", 1, tmp_path / "worker.log", 60.0)  # fmt: skip
+    try:
+        scored = engine.score_tails([[1, 2, 3, 4], [5, 6]], [2, 1])
+        with pytest.raises(Exception, match="tail of sequence 1"):
+            engine.score_tails([[1, 2, 3, 4], [5, 6]], [2, 2])
+    finally:
+        engine.close()
+    assert [len(s.logprobs) for s in scored] == [2, 1]

@@ -175,3 +175,17 @@ def test_a_result_measured_by_other_code_is_marked_stale(tmp_path):
     text = summarize(load_results(write_table(tmp_path, [result(CONTIGUOUS, tok_s=12.0, e2e_mean=900.0), old])))
     assert "stale: measured by code 0.0.1+0123456789ab" in line_of(text, PAGED)
     assert "stale" not in line_of(text, CONTIGUOUS)
+
+
+def test_evaluated_cells_show_their_accuracy_and_quality_gate_in_the_printed_table(tmp_path):
+    hf, own = result(CONTIGUOUS, tok_s=12.0, e2e_mean=900.0), result(PAGED, tok_s=30.0, e2e_mean=300.0)
+    hf["accuracy"] = {"tasks": {"mmlu": {"metrics": {"acc,none": {"value": 0.3070, "stderr": 0.0432}}}},
+                      "gate": {"status": "no_baseline"}}  # fmt: skip
+    own["accuracy"] = {"tasks": {"mmlu": {"metrics": {"acc,none": {"value": 0.2982, "stderr": 0.0430}}}},
+                       "gate": {"status": "fail"}}  # fmt: skip
+    text = summarize(load_results(write_table(tmp_path, [hf, own, result(TRITON, "skipped", reason="no GPU")])))
+    header = text.splitlines()[0]
+    assert "mmlu acc" in header and "gate" in header
+    assert "0.307±0.043" in line_of(text, CONTIGUOUS) and "no_baseline" in line_of(text, CONTIGUOUS)
+    assert "0.298±0.043" in line_of(text, PAGED) and " fail " in line_of(text, PAGED) + " "
+    assert "mmlu acc" not in summarize(load_results(write_table(tmp_path / "plain", [result(PAGED, tok_s=1.0)])))

@@ -73,6 +73,13 @@ def test_unsupported_technique_is_skipped_with_the_reason(tmp_path, fake_engine)
     assert fake_engine.CALLS == []
 
 
+def test_a_wrong_eval_data_dir_fails_the_cell_before_anything_is_measured(tmp_path, fake_engine):
+    row, out = cell(tmp_path, "a", "engine.name=fake", "eval=mmlu", f"eval.data_dir={tmp_path / 'no-such-data'}")
+    result = json.loads((out / "result.json").read_text())
+    assert row["status"] == "failed" and "FileNotFoundError: no mmlu data under" in row["reason"]
+    assert fake_engine.CALLS == [] and "metrics" not in result  # no generate call: the measurement never started
+
+
 def test_invalid_value_fails_the_cell_with_a_config_message(tmp_path, fake_engine):
     row, _ = cell(tmp_path, "a", "engine.name=fake", "scenario.repeats=0")
     assert row["status"] == "failed" and "scenario.repeats must be >= 1" in row["reason"]

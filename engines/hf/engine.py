@@ -32,8 +32,10 @@ from engines.base import (
     RequestOutput,
     ScoredSequence,
     Technique,
+    check_tails,
     now,
 )
+from engines.context_groups import group_by_context, read_tails, score_whole
 from engines.dtypes import torch_dtype
 from engines.hf.config import HfOptions
 from engines.memory import release_memory
@@ -165,13 +167,13 @@ class HFEngine(Engine):
         batches = self.batches([requests[i] for i in runnable])
         for batch in batches:
             members = [runnable[i] for i in batch]
-            for index, output in zip(members, self.run_batch([requests[i] for i in members], arrival)):
+            for index, output in zip(members, self.run_batch([requests[i] for i in members], arrival, progress)):
                 outputs[index] = output
-            if progress:
-                progress(len(members))
         return outputs  # type: ignore[return-value]
 
-    def run_batch(self, batch: list[Request], arrival: float) -> list[RequestOutput]:
+    def run_batch(
+        self, batch: list[Request], arrival: float, progress: ProgressFn | None = None
+    ) -> list[RequestOutput]:
         from transformers import GenerationConfig, StoppingCriteriaList
 
         limits = []
@@ -182,7 +184,7 @@ class HFEngine(Engine):
             frozenset(r.sampling.stop_token_ids) | (frozenset() if r.sampling.ignore_eos else frozenset(self.eos_ids))
             for r in batch
         ]
-        recorder = StepRecorder(limits, stop_sets)
+        recorder = StepRecorder(limits, stop_sets, progress)
         first = batch[0].sampling
         sampled = first.temperature > 0
         gen_config = GenerationConfig(
@@ -205,6 +207,8 @@ class HFEngine(Engine):
                 stopping_criteria=StoppingCriteriaList([recorder]),
             )
         self.kv_bytes_peak = max(self.kv_bytes_peak, cache_bytes(getattr(result, "past_key_values", None)))
+        if progress is not None and recorder.num_finished < len(batch):  # rows HF ended before they finished
+            progress(len(batch) - recorder.num_finished)
         del result
         return [
             RequestOutput(
@@ -215,21 +219,28 @@ class HFEngine(Engine):
         ]
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
-        sequences = checked_sequences(sequences, self.vocab_size, self.context_len)
-        results: list[ScoredSequence | None] = [None] * len(sequences)
-        for batch in self.score_batches(sequences):
-            seqs = [sequences[i] for i in batch]
-            ids, mask = pad_batch(seqs, self.pad_id, self.device, left=False)
+        return score_whole(checked_sequences(sequences, self.vocab_size, self.context_len), self.score_tails)
+
+    def score_tails(self, sequences: Sequence[Sequence[int]], tails: Sequence[int]) -> list[ScoredSequence]:
+        """One forward per shared context (engines/context_groups.py), batches of similar length padded on the
+        right with no mask (causal attention never looks right, as in lm-eval), and the LM head only over
+        the last columns that hold a needed row."""
+        checked = checked_sequences(sequences, self.vocab_size, self.context_len)
+        check_tails(checked, tails)
+        groups = group_by_context(checked, tails)
+        results: dict[int, ScoredSequence] = {}
+        for batch in self.score_batches([g.context for g in groups]):
+            members = [groups[i] for i in batch]
+            ids, _ = pad_batch([g.context for g in members], self.pad_id, self.device, left=False)
+            width = ids.shape[1]
+            keep = max(width - len(g.context) + g.tail for g in members)
             with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                targets = ids[:, 1:]
-                chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
-                greedy = (logprobs.argmax(dim=-1) == targets).cpu()
-            for row, index in enumerate(batch):
-                n = len(sequences[index]) - 1
-                results[index] = ScoredSequence(chosen[row, :n].tolist(), greedy[row, :n].tolist())
-        return results  # type: ignore[return-value]
+                logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
+                for row, group in enumerate(members):
+                    end = keep - (width - len(group.context))
+                    logprobs = logits[row, end - group.tail : end].float().log_softmax(dim=-1)
+                    results.update(read_tails(group, logprobs))
+        return [results[i] for i in range(len(checked))]
 
     def score_batches(self, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
         """Scoring batches: padded tokens within max_num_batched_tokens, rows within batch_size."""

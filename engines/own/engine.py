@@ -41,7 +41,7 @@ from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.quant.apply import DEFAULT_INT4_GROUP, quantize_model
 from engines.own.scheduler import SchedulerConfig
-from engines.own.scoring import score_sequences
+from engines.own.scoring import score_sequences, score_tails
 from engines.own.speculative.setup import build_speculator, load_spec_draft, resolve_spec_options
 from engines.own.technique_setup import apply_graphs, check_device_support
 from engines.validation import check_arrivals
@@ -161,6 +161,9 @@ class OwnEngine(Engine):
 
     def score(self, sequences: Seq[Seq[int]]) -> list[ScoredSequence]:
         return score_sequences(self.llm, self.runner, sequences, self.options.max_num_batched_tokens)
+
+    def score_tails(self, sequences: Seq[Seq[int]], tails: Seq[int]) -> list[ScoredSequence]:
+        return score_tails(self.llm, self.runner, sequences, tails, self.options.max_num_batched_tokens)
 
     def is_idle(self) -> bool:
         return self.llm.is_idle()

@@ -98,19 +98,18 @@ class ModelRunner:
         return sampling, ids.tolist()
 
     @torch.inference_mode()
-    def teacher_forced(self, seqs: list[Sequence]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Prefill whole sequences (blocks already allocated); per sequence, log p(token[i] | token[:i]) for
-        i >= 1 and whether token[i] was the argmax."""
-        items = [(s, s.num_tokens) for s in seqs]
-        self._zero_new_blocks(items)
-        input_ids, positions, meta, _ = self._pack(items)
+    def teacher_forced(self, seqs: list[Sequence], tails: list[int]) -> list[torch.Tensor]:
+        """Prefill each sequence from its `num_computed_tokens` (earlier KV cached) to its end (blocks already
+        allocated); per sequence, the final hidden rows of its last `tail` tokens (tail <= uncomputed tokens)."""
+        items = [(s, s.num_tokens - s.num_computed_tokens) for s in seqs]
+        order = [i for i, (_, n) in enumerate(items) if n == 1] + [i for i, (_, n) in enumerate(items) if n != 1]
+        packed = [items[i] for i in order]  # decodes first, as _pack expects
+        self._zero_new_blocks(packed)
+        input_ids, positions, meta, _ = self._pack(packed)
         hidden = self._hidden(input_ids, positions, meta)
-        results, start = [], 0
-        for seq in seqs:
-            n = seq.num_tokens
-            logits = self.model.logits(hidden[start : start + n - 1])  # one sequence at a time bounds memory
-            targets = input_ids[start + 1 : start + n]
-            logprobs = logits.log_softmax(dim=-1).gather(1, targets[:, None]).squeeze(1)
-            results.append((logprobs.cpu(), (logits.argmax(dim=-1) == targets).cpu()))
-            start += n
-        return results
+        rows: list[torch.Tensor] = [hidden] * len(seqs)
+        end = 0
+        for i, (_, num_new) in zip(order, packed):
+            end += num_new
+            rows[i] = hidden[end - tails[i] : end]
+        return rows

@@ -1,15 +1,17 @@
 """lm-eval's model interface over our engine contract, for every engine.
 
 The adapter owns tokenization (engines take token ids): it tokenizes with the model
-folder's tokenizer, hands the engine many sequences at once (`Engine.score`) or all
-generation requests at once (`Engine.generate`), and turns results back into lm-eval's
-answers. Requests are deduplicated and scored longest first, in chunks of `batch_size`
-sequences, so a progress bar can follow long runs.
+folder's tokenizer, hands the engine many sequences at once or all generation requests at
+once (`Engine.generate`), and turns results back into lm-eval's answers. Log-likelihood
+requests are deduplicated and scored (`Engine.score_tails`: only the continuation's tokens)
+question by question, longest first, about `batch_size` sequences per engine call; the
+progress bar counts questions (documents for rolling log-likelihoods).
 """
 
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,17 @@ def model_max_length(model_dir: str) -> int:
             if isinstance(value, int) and value > 0:
                 return value
     return DEFAULT_MAX_LENGTH
+
+
+def questions(requests: list[Any]) -> list[list[int]]:
+    """Request indices grouped by the document they belong to (a question's answer choices), in first-seen
+    order; a request without a doc_id is its own group."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, request in enumerate(requests):
+        doc = getattr(request, "doc_id", None)
+        key = (getattr(request, "task_name", None), doc) if doc is not None else ("request", index)
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
 
 
 class EngineLM(LM):
@@ -82,10 +95,10 @@ class EngineLM(LM):
             context, continuation = request.args
             ctx, cont = split_context(context, continuation, self.encode, self.eos_token_id)
             windows.append(fit_window(ctx, cont, self.max_length))
-        scored = self.score_many([seq for seq, _ in windows], "loglikelihood", disable_tqdm)
+        scored = self.score_many(windows, questions(requests), "loglikelihood", disable_tqdm)
         answers = []
-        for request, (_, n), result in zip(requests, windows, scored):
-            answer = (float(sum(result.logprobs[-n:])), bool(all(result.is_greedy[-n:])))
+        for request, result in zip(requests, scored):
+            answer = (float(sum(result.logprobs)), bool(all(result.is_greedy)))
             self.cache_hook.add_partial("loglikelihood", request.args, answer)
             answers.append(answer)
         return answers
@@ -93,10 +106,14 @@ class EngineLM(LM):
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         per_doc = [rolling_windows(self.encode(r.args[0]), self.max_length, self.eos_token_id) for r in requests]
         flat = [window for windows in per_doc for window in windows]
-        scored = iter(self.score_many([seq for seq, _ in flat], "loglikelihood_rolling", disable_tqdm))
+        docs, start = [], 0
+        for windows in per_doc:
+            docs.append(list(range(start, start + len(windows))))
+            start += len(windows)
+        scored = iter(self.score_many(flat, docs, "loglikelihood_rolling", disable_tqdm))
         answers = []
         for request, windows in zip(requests, per_doc):
-            total = sum(sum(next(scored).logprobs[-n:]) for _, n in windows)
+            total = sum(sum(next(scored).logprobs) for _ in windows)
             self.cache_hook.add_partial("loglikelihood_rolling", request.args, float(total))
             answers.append(float(total))
         return answers
@@ -147,17 +164,43 @@ class EngineLM(LM):
         sampling.validate()
         return sampling, until
 
-    def score_many(self, sequences: list[list[int]], desc: str, disable_tqdm: bool) -> list[ScoredSequence]:
-        """Score each distinct sequence once, longest first, `batch_size` per engine call."""
-        unique = sorted({tuple(s) for s in sequences}, key=lambda s: (-len(s), s))
+    def score_many(
+        self, windows: list[tuple[list[int], int]], units: list[list[int]], desc: str, disable_tqdm: bool
+    ) -> list[ScoredSequence]:
+        """Log-probabilities of the last n tokens of each `(sequence, n)` window, each distinct sequence
+        scored once. `units` groups window indices into what progress counts (a question's choices, a
+        document's windows); units go longest first, as many per engine call as fit in `batch_size`
+        sequences (at least one)."""
+        tails: dict[tuple[int, ...], int] = {}
+        for seq, n in windows:
+            tails[tuple(seq)] = max(tails.get(tuple(seq), 0), n)
+        unit_keys = [list(dict.fromkeys(tuple(windows[i][0]) for i in unit)) for unit in units]
+        order = deque(sorted(range(len(units)), key=lambda u: (-max(map(len, unit_keys[u]), default=0), unit_keys[u])))
         found: dict[tuple[int, ...], ScoredSequence] = {}
-        for start in tqdm(range(0, len(unique), self.batch_size), desc=desc, disable=disable_tqdm):
-            chunk = unique[start : start + self.batch_size]
-            for seq, result in zip(chunk, self.engine.score(chunk)):
-                if len(result.logprobs) != len(seq) - 1:
-                    raise RuntimeError(f"engine scored {len(result.logprobs)} tokens of a {len(seq)}-token sequence")
-                found[seq] = result
-        return [found[tuple(s)] for s in sequences]
+        unit = "question" if desc == "loglikelihood" else "document"
+        with tqdm(total=len(units), desc=desc, unit=unit, disable=disable_tqdm) as bar:
+            while order:
+                chunk: list[tuple[int, ...]] = []
+                taken = 0
+                while order:
+                    new = [k for k in unit_keys[order[0]] if k not in found and k not in chunk]
+                    if taken and len(chunk) + len(new) > self.batch_size:
+                        break
+                    chunk += new
+                    order.popleft()
+                    taken += 1
+                if chunk:
+                    scored = self.engine.score_tails([list(k) for k in chunk], [tails[k] for k in chunk])
+                    for key, result in zip(chunk, scored):
+                        if len(result.logprobs) != tails[key]:
+                            raise RuntimeError(f"engine scored {len(result.logprobs)} tokens, {tails[key]} asked")
+                        found[key] = result
+                bar.update(taken)
+        out = []
+        for seq, n in windows:
+            result = found[tuple(seq)]
+            out.append(ScoredSequence(result.logprobs[-n:], result.is_greedy[-n:]))
+        return out
 
     # --- chat templates -----------------------------------------------------------------
 

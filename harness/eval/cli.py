@@ -1,6 +1,7 @@
 """`infermatrix-lm-eval`: lm-eval's own CLI with the `infermatrix` model registered.
 
-Every lm-eval argument works as usual. One more: `--local_data DIR` (a root holding mmlu/
+Every lm-eval argument works as usual (with `--model infermatrix` and no `--batch_size`, the
+batch size is our default of 16 sequences per engine call, printed as such). One more: `--local_data DIR` (a root holding mmlu/
 and gsm8k/ as the original releases) writes the local-data task YAMLs and adds them with
 `--include_path`, so `--tasks infermatrix_mmlu,infermatrix_gsm8k_local` run lm-eval's MMLU
 (all subjects, weighted by size) and GSM8K on those files.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from harness.eval.register import register
+from harness.eval.register import DEFAULT_BATCH_SIZE, MODEL_NAME, register
 
 
 def take_local_data(argv: list[str]) -> tuple[list[str], str | None]:
@@ -32,8 +33,18 @@ def take_local_data(argv: list[str]) -> tuple[list[str], str | None]:
     return rest, data_dir
 
 
+def with_batch_size(argv: list[str]) -> list[str]:
+    """lm-eval's CLI defaults to --batch_size 1 and prints it; for the infermatrix model, whose engines batch,
+    give our default explicitly when the user gave none, so the printed size is the one used."""
+    model = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model"), None)
+    model = model or next((a.split("=", 1)[1] for a in argv if a.startswith("--model=")), None)
+    given = any(a in ("--batch_size", "-b", "--config", "-C") or a.startswith(("--batch_size=", "--config=")) for a in argv)
+    return argv if model != MODEL_NAME or given else [*argv, "--batch_size", str(DEFAULT_BATCH_SIZE)]
+
+
 def main() -> None:
     argv, data_dir = take_local_data(sys.argv[1:])
+    argv = with_batch_size(argv)
     if data_dir:
         from harness.eval.config import EvalConfig, GSM8KConfig, MMLUConfig
         from harness.eval.evaluate import eval_cache

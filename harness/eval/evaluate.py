@@ -31,6 +31,17 @@ def task_manager(task_dir: str) -> Any:
     return TaskManager(include_path=task_dir)
 
 
+def check_inputs(cfg: EvalConfig, model: ModelSpec) -> tuple[list[TaskPlan], Path]:
+    """The task plans, or the reason evaluation cannot run (random weights, no tokenizer, a missing or
+    malformed local data file): the runner calls this before the speed measurement, so a bad
+    `eval.data_dir` costs seconds, not a whole measurement."""
+    if model.is_random:
+        raise ValueError(f"model '{model.name}' has random weights: accuracy would be meaningless; set eval=none")
+    if model.path is None:
+        raise ValueError(f"model '{model.name}' has no path to load its tokenizer from")
+    return plan_tasks(cfg, eval_cache())
+
+
 def evaluate(cfg: EvalConfig, engine: Engine, model: ModelSpec, out_dir: Path, baseline: dict | None) -> dict:
     """Accuracy of `engine` on the tasks `cfg` selects; {} when it selects none.
 
@@ -38,17 +49,13 @@ def evaluate(cfg: EvalConfig, engine: Engine, model: ModelSpec, out_dir: Path, b
     the settings and data source, and the path of the per-sample JSONL; then the deltas
     against `baseline` (the baseline cell's result.json, as find_baseline returns it) and
     the pass/fail gate."""
-    if model.is_random:
-        raise ValueError(f"model '{model.name}' has random weights: accuracy would be meaningless; set eval=none")
     if not cfg.selected():
         return {}
-    if model.path is None:
-        raise ValueError(f"model '{model.name}' has no path to load its tokenizer from")
+    plans, task_dir = check_inputs(cfg, model)
     from harness.eval.adapter import EngineLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plans, task_dir = plan_tasks(cfg, eval_cache())
     manager = task_manager(str(task_dir))
     lm = EngineLM(engine, model.path, batch_size=cfg.batch_size)
     tasks = {plan.name: run_task(plan, lm, manager, cfg, out_dir) for plan in plans}

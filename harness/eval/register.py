@@ -95,11 +95,13 @@ class InfermatrixLM(EngineLM):
         spec = model_from_arg(str(model), dtype)
         device = engine_device(device)
         built = create_engine(engine, spec, technique_from_args(technique), {}, device)
-        # lm-eval's CLI passes batch_size=1 unless told otherwise; one sequence per engine call
-        # would defeat the engine's batching, so 1, "auto" and None mean our default
-        size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 1 else DEFAULT_BATCH_SIZE
+        # a number is used as given (infermatrix-lm-eval passes our default when the user gave none);
+        # "auto" and None mean our default, which lm-eval then prints as "auto (16)"
+        size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) >= 1 else DEFAULT_BATCH_SIZE
         super().__init__(built, str(spec.path), batch_size=size, max_length=max_length,
                          max_gen_toks=max_gen_toks, add_bos_token=add_bos_token)
+        if not str(batch_size).isdigit():
+            self.batch_sizes = {"auto": size}  # lm-eval reports these beside the batch_size it was given
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
-from engines.base import RequestOutput, ScoredSequence
+from engines.base import Engine, RequestOutput, ScoredSequence
 from harness.eval.adapter import EngineLM
 
 
-class RecordingEngine:
+class RecordingEngine(Engine):
     """Scores token t as -t/1000 (greedy when even); generates a fixed token list."""
 
     eos_token_id = 2
@@ -54,6 +55,42 @@ def test_loglikelihood_batches_distinct_sequences_and_sums_the_continuation(toke
     for req, (logprob, _) in zip(requests, answers):
         continuation = lm.tokenizer.encode(req.args[1], add_special_tokens=False)
         assert logprob == pytest.approx(sum(-t / 1000 for t in continuation))
+
+
+class RecordingBar:
+    """Stands in for tqdm: remembers the total and every update."""
+
+    bars: ClassVar[list[RecordingBar]] = []
+
+    def __init__(self, total=None, **kwargs):
+        self.total, self.unit, self.updates = total, kwargs.get("unit"), []
+        RecordingBar.bars.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        self.updates.append(n)
+
+
+def test_progress_counts_questions_and_each_call_holds_whole_questions(tokenizer_dir, monkeypatch):
+    monkeypatch.setattr("harness.eval.adapter.tqdm", RecordingBar)
+    RecordingBar.bars = []
+    engine = RecordingEngine([])
+    lm = EngineLM(engine, tokenizer_dir, batch_size=10)
+    contexts = [f"Question {i}: pick one{'.' * i}\nAnswer:" for i in range(5)]
+    requests = [SimpleNamespace(args=(c, f" {letter}"), doc_id=i, task_name="mmlu_x")
+                for i, c in enumerate(contexts) for letter in "ABCD"]  # fmt: skip
+    lm.loglikelihood(requests, disable_tqdm=False)
+    (bar,) = RecordingBar.bars
+    assert bar.total == 5 and bar.unit == "question" and sum(bar.updates) == 5
+    assert [len(call) for call in engine.score_calls] == [8, 8, 4]  # two questions of 4 fit in 10 sequences
+    assert [n for n in bar.updates] == [2, 2, 1]
+    for call in engine.score_calls:  # the choices of a question travel together
+        assert len({tuple(seq[:-1]) for seq in call}) == len(call) // 4
 
 
 def test_generate_until_sends_all_requests_at_once_and_cuts_at_stop_strings(tokenizer_dir):

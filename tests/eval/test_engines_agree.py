@@ -39,8 +39,9 @@ class ReversedScores:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def score(self, sequences):
-        return [ScoredSequence([-lp for lp in s.logprobs], s.is_greedy) for s in self.inner.score(sequences)]
+    def score_tails(self, sequences, tails):
+        scored = self.inner.score_tails(sequences, tails)
+        return [ScoredSequence([-lp for lp in s.logprobs], s.is_greedy) for s in scored]
 
 
 def load_samples(path: str) -> list[dict]:

@@ -50,3 +50,12 @@ def test_model_arg_resolves_embedded_folders_and_model_config_names(smollm2_dir)
     assert model_from_arg(str(smollm2_dir), "bfloat16").dtype == "bfloat16"
     by_name = model_from_arg("qwen2.5-0.5b", None)
     assert (by_name.path, by_name.dtype) == ("Qwen/Qwen2.5-0.5B-Instruct", "bfloat16")
+
+
+def test_wrapper_cli_gives_the_infermatrix_model_the_batch_size_it_will_print_and_use():
+    from harness.eval.cli import with_batch_size
+
+    argv = ["--model", "infermatrix", "--tasks", "gsm8k"]
+    assert with_batch_size(argv) == [*argv, "--batch_size", "16"]
+    assert with_batch_size([*argv, "--batch_size", "4"]) == [*argv, "--batch_size", "4"]  # the user's wins
+    assert with_batch_size(["--model", "hf", "--tasks", "gsm8k"]) == ["--model", "hf", "--tasks", "gsm8k"]
