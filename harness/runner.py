@@ -26,7 +26,7 @@ from engines import ENGINES, engine_class, options_class
 from engines.base import Engine, ModelSpec, Spec, UnsupportedTechnique
 from engines.environment import code_version, hardware_fingerprint, resolve_device
 from engines.worker import start_engine
-from harness import record
+from harness import hardware, record
 from harness.config import (
     NON_SEMANTIC_KEYS,
     SERVING_KEYS,
@@ -174,6 +174,8 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
         if slo is not None:
             result["serving"] = serving_block(config.scenario, measurement.schedules or [])
         result["ci95"] = repeat_cis(per_repeat)
+        result["cost"] = hardware.cost_block(config.hardware, device, result["metrics"], result["ci95"])
+        result["energy"] = measurement.energy
         result["repeats"] = [{k: v for k, v in m.items() if not isinstance(v, dict)} for m in per_repeat]
         result["workload"] = {"repeats": [w.describe() for w in measurement.workloads]}
         result["requests"] = per_request_rows(measurement.runs)
@@ -207,13 +209,18 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
         return finish(cfg, result, out_dir, sweep_dir, store)
     result["hardware"] = hardware_fingerprint(device)
     result["hardware_id"] = record.hardware_id(result["hardware"])
+    result["hardware_config"] = hardware.describe(config.hardware)  # the option asked for, beside what was measured
+    result["slurm"] = hardware.slurm_job()
     with record.cell_lock(store, chash):
         if config.reuse is not Reuse.never:
             code = result["code_version"] if config.reuse is Reuse.same_code else None
             if done := record.reusable(store / record.TABLE_NAME, chash, result["hardware_id"], code):
                 print(f"[infermatrix] {done['cell']}: already measured ({done['result_path']}, code "
                       f"{done.get('code_version')}); reuse=never measures it again")  # fmt: skip
-                reused = {**done, "reused": True, "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir)}
+                # this very job folder measured it (a requeued or rerun task): its row stays a measured row
+                again = done.get("job_dir") == str(out_dir)
+                reused = {**done, "reused": not again, "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir)}
+                reused = hardware.reprice(reused, config.hardware, device)  # at the price asked for now
                 record.replace_row(sweep_dir / record.TABLE_NAME, reused)
                 return reused
         try:
