@@ -52,6 +52,20 @@ class Spec(str, enum.Enum):
     early_exit = "early_exit"  # the target's first layers + its final norm and LM head (self-draft)
 
 
+class Quant(str, enum.Enum):
+    none = "none"  # the weights in model.dtype
+    int8 = "int8"  # weight-only int8, one scale per output channel (our kernels)
+    int4 = "int4"  # weight-only int4, one scale and offset per group of quant_group_size inputs (our kernels)
+    gptq = "gptq"  # a GPTQ W4A16 checkpoint made from calibration text
+    awq = "awq"  # an AWQ W4A16 checkpoint made from calibration text
+    nf4 = "nf4"  # bitsandbytes 4-bit NormalFloat
+    torchao_int8 = "torchao_int8"  # torchao int8 weight-only
+    gguf = "gguf"  # the model's GGUF file as quantized (llama.cpp)
+
+
+GROUPED_QUANTS = (Quant.int4, Quant.gptq, Quant.awq)  # the methods whose scales cover groups of inputs
+
+
 @dataclass
 class Technique:
     """Every optimization toggle. `None` means "the engine's default", which the engine
@@ -63,6 +77,8 @@ class Technique:
     prefix_cache: bool | None = None
     attention: Attention | None = None
     graphs: Graphs | None = None
+    quant: Quant | None = None
+    quant_group_size: int | None = None  # inputs per scale of a grouped quant (GROUPED_QUANTS); None = engine default
     spec: Spec | None = None
     # options of `spec` (None = the engine's default; cleared when spec is none)
     spec_k: int | None = None  # tokens proposed per step
@@ -89,6 +105,13 @@ class Technique:
         low, high = self.spec_ngram_min, self.spec_ngram_max
         if low is not None and high is not None and low > high:
             raise ValueError(f"technique.spec_ngram_min={low} is above technique.spec_ngram_max={high}")
+        size = self.quant_group_size
+        if size is not None and (not is_int(size) or size < 1 or size & (size - 1)):
+            raise ValueError(f"technique.quant_group_size must be a power of two >= 1 or null, got {show(size)}")
+        if size is not None and self.quant not in GROUPED_QUANTS:
+            shown = getattr(self.quant, "value", self.quant)
+            raise ValueError(f"technique.quant_group_size={size} needs a grouped quant "
+                             f"({', '.join(q.value for q in GROUPED_QUANTS)}), not quant={shown}")  # fmt: skip
 
 
 @dataclass

@@ -33,6 +33,7 @@ from scipy.stats import t as student_t  # noqa: E402
 
 from engines import create_engine  # noqa: E402
 from engines.base import ModelSpec, Request, SamplingParams, Spec, Technique  # noqa: E402
+from engines.own.speculative.stats import SpecStats  # noqa: E402
 from harness.models import embedded_model_dir  # noqa: E402
 
 DATA = Path(os.environ.get("INFERMATRIX_DATA", "/work/shared/data"))
@@ -66,6 +67,9 @@ def measure(spec: ModelSpec, technique: Technique, prompt: list[int], new_tokens
                                                     "max_num_batched_tokens": 2048}, device)  # fmt: skip
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
     engine.generate([Request("warm", prompt[:32], SamplingParams(max_tokens=12, ignore_eos=True))])  # first-call costs
+    if engine.llm.speculator is not None:  # count the measured run only
+        old = engine.llm.speculator.stats
+        engine.llm.speculator.stats = SpecStats(old.method, old.k)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()

@@ -109,9 +109,10 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
     row.update({f"engine_stats.{k}": v for k, v in stats.items() if isinstance(v, (int, float, str, bool))})
     speculation = stats.get("speculation") or {}
     row.update({f"spec.{k}": speculation.get(k) for k in SPEC_COLUMNS if k in speculation})
-    for block in ("quantization", "perplexity"):  # the quantization technique's own blocks
-        if isinstance(result.get(block), dict):
-            row.update(flatten(result[block], f"{block}."))
+    quant = result.get("quantization") or {}
+    row.update({f"quantization.{k}": quant.get(k) for k in ("weight_bytes", "bits", "group_size") if k in quant})
+    if isinstance((result.get("perplexity") or {}).get("perplexity"), float):
+        row["perplexity"] = result["perplexity"]["perplexity"]
     row.update(flatten(result.get("tracker", {}), "tracker."))
     return _clean(row)
 

@@ -186,6 +186,10 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
         result["workload"] = {"repeats": [w.describe() for w in measurement.workloads]}
         result["requests"] = per_request_rows(measurement.runs)
         result["engine_stats"] = engine.stats()
+        if config.technique.quant is not None:  # asked for (quant=none too: the baseline's perplexity)
+            from harness.quantization import quality_block
+
+            result.update(quality_block(engine, spec, result["technique_applied"], config.eval.data_dir))
         if config.eval.selected():
             from harness.eval import evaluate, find_baseline
 

@@ -19,6 +19,7 @@ from engines.base import (
     Batching,
     Engine,
     Graphs,
+    Quant,
     KVCache,
     ModelSpec,
     ProgressFn,
@@ -50,11 +51,11 @@ class FaultEngine(Engine):
     name: ClassVar[str] = "fault"
     supports: ClassVar[dict[str, tuple[Any, ...]]] = {
         "kv_cache": (KVCache.none,), "batching": (Batching.static,), "chunked_prefill": (False,),
-        "prefix_cache": (False,), "attention": (Attention.torch,), "graphs": (Graphs.eager,),
+        "prefix_cache": (False,), "attention": (Attention.torch,), "graphs": (Graphs.eager,), "quant": (Quant.none,),
     }  # fmt: skip
     defaults: ClassVar[dict[str, Any]] = {
         "kv_cache": KVCache.none, "batching": Batching.static, "chunked_prefill": False,
-        "prefix_cache": False, "attention": Attention.torch, "graphs": Graphs.eager,
+        "prefix_cache": False, "attention": Attention.torch, "graphs": Graphs.eager, "quant": Quant.none,
     }  # fmt: skip
 
     def __init__(self, model: ModelSpec, technique: Technique, options: FaultOptions, device: str) -> None:

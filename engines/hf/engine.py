@@ -27,6 +27,7 @@ from engines.base import (
     KVCache,
     ModelSpec,
     ProgressFn,
+    Quant,
     Request,
     RequestOutput,
     ScoredSequence,
@@ -39,12 +40,14 @@ from engines.dtypes import torch_dtype
 from engines.hf.config import HfOptions
 from engines.memory import release_memory
 from engines.hf.steps import StepRecorder
+from engines.hf import quant as hf_quant
 from engines.padding import pad_batch, token_budget_batches
 from engines.validation import checked_sequences, reject_bad, request_error
 
 
-def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
-    """HF causal LM from a folder / hub id, or seeded random weights from a config dict."""
+def load_model(model: ModelSpec, device: str, quant: Quant = Quant.none, group_size: int | None = None) -> torch.nn.Module:
+    """HF causal LM from a folder / hub id, or seeded random weights from a config dict; quantized by the library
+    technique.quant names (engines/hf/quant.py)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = torch_dtype(model.dtype)
@@ -53,6 +56,15 @@ def load_model(model: ModelSpec, device: str) -> torch.nn.Module:
         config = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg)
         torch.manual_seed(model.seed)
         lm = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    elif quant != Quant.none:
+        path = hf_quant.checkpoint_path(model, quant, group_size) if quant in (Quant.gptq, Quant.awq) else model.path
+        extra = hf_quant.load_kwargs(quant, dtype)
+        placed = {"device_map": device} if extra else {}  # bitsandbytes places weights while quantizing them
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **extra, **placed)
+        if not placed:
+            lm = lm.to(device)
+        hf_quant.quantize_loaded(lm, quant)
+        return lm.eval()
     else:
         if model.path is None:
             raise ValueError(f"model '{model.name}' has neither a path nor a random_config")
@@ -87,6 +99,8 @@ class HFEngine(Engine):
         "prefix_cache": (False,),
         "attention": (Attention.sdpa,),
         "graphs": (Graphs.eager,),
+        "quant": (Quant.none, Quant.torchao_int8, Quant.nf4, Quant.int8, Quant.gptq, Quant.awq),
+        "quant_group_size": (32, 64, 128),  # gptq / awq checkpoints (64 or 32 for SmolLM2's 576-wide layers)
     }
     defaults: ClassVar[dict[str, Any]] = {
         "kv_cache": KVCache.contiguous,
@@ -95,7 +109,15 @@ class HFEngine(Engine):
         "prefix_cache": False,
         "attention": Attention.sdpa,
         "graphs": Graphs.eager,
+        "quant": Quant.none,
     }
+
+    @classmethod
+    def resolve_technique(cls, requested: Technique) -> Technique:
+        resolved = super().resolve_technique(requested)
+        if resolved.quant in (Quant.gptq, Quant.awq) and resolved.quant_group_size is None:
+            resolved.quant_group_size = hf_quant.DEFAULT_GROUP
+        return resolved
 
     def __init__(self, model: ModelSpec, technique: Technique, options: HfOptions, device: str):
         from transformers import GenerationConfig
@@ -106,7 +128,9 @@ class HFEngine(Engine):
         self.device = device
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        self.model = load_model(model, device)
+        if technique.quant not in (None, Quant.none):
+            hf_quant.require(technique.quant)
+        self.model = load_model(model, device, technique.quant or Quant.none, technique.quant_group_size)
         config = self.model.config
         eos = self.model.generation_config.eos_token_id
         self.eos_ids: tuple[int, ...] = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
@@ -231,6 +255,7 @@ class HFEngine(Engine):
             "param_bytes": params,
             "random_weights": self.spec.is_random,
             "max_model_len": self.context_len,
+            "quantization": hf_quant.describe(self.model, self.technique),
         }
         if self.technique.kv_cache == KVCache.contiguous:
             out["kv_bytes_allocated"] = self.kv_bytes_peak  # largest batch cache seen so far

@@ -22,6 +22,9 @@ class LlamaCppOptions(EngineOptions):
     flash_attn: bool = False  # llama.cpp's own fused attention kernel (its CPU one too), not the flash-attn package
     use_mmap: bool = True  # map the GGUF instead of reading it into memory
     seed: int = 0  # seeds sampling for requests that bring no seed of their own
+    # technique.quant=gguf: the GGUF type to run (Q8_0, Q4_K_M, Q5_K_M...), made once by llama.cpp's quantizer and
+    # cached (engines/llamacpp/requantize.py); None = the file as it is (the embedded model: Q4_1)
+    gguf_type: str | None = None
 
     def __post_init__(self) -> None:
         self.check_positive("max_model_len", "n_batch", "n_ubatch", "n_threads", "n_threads_batch")

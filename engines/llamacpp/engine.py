@@ -39,6 +39,7 @@ from engines.base import (
     Engine,
     EngineOptions,
     Graphs,
+    Quant,
     KVCache,
     ModelSpec,
     ProgressFn,
@@ -76,6 +77,14 @@ def default_threads() -> tuple[int, str]:
     if torch is not None:
         return max(1, int(torch.get_num_threads())), "torch.get_num_threads (the cell's threads)"
     return usable_cores(), "usable cores"
+
+
+def file_type(path: str) -> dict[str, str]:
+    """The GGUF's `general.file_type`, read from its header (as llama.cpp's metadata dict holds it)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.file_type")
+    return {} if field is None else {"general.file_type": str(int(field.parts[field.data[0]][0]))}
 
 
 def quantization_name(metadata: dict[str, str]) -> str | None:
@@ -134,6 +143,7 @@ class LlamaCppEngine(Engine):
         # flash_attn = the flash-attn package): attention stays unset (null) and any explicit value is skipped
         "attention": (),
         "graphs": (Graphs.eager,),  # a ggml graph built and run per decode call; no CUDA graphs, no compile
+        "quant": (Quant.gguf,),  # the GGUF file's own quantization (the embedded one is Q4_1), as stored
     }
     defaults: ClassVar[dict[str, Any]] = {
         "kv_cache": KVCache.contiguous,
@@ -142,6 +152,7 @@ class LlamaCppEngine(Engine):
         "prefix_cache": False,
         "attention": None,
         "graphs": Graphs.eager,
+        "quant": Quant.gguf,
     }
 
     def __init__(self, model: ModelSpec, technique: Technique, options: EngineOptions, device: str):
@@ -174,6 +185,10 @@ class LlamaCppEngine(Engine):
         else:
             self.n_threads, self.threads_source = default_threads()
         self.n_threads_batch = opts.n_threads_batch or self.n_threads
+        if opts.gguf_type is not None and opts.gguf_type.upper() != (quantization_name(file_type(gguf)) or ""):
+            from engines.llamacpp.requantize import requantized
+
+            self.gguf_path = str(requantized(Path(gguf), opts.gguf_type, self.n_threads))
         self.llama = llama_cpp.Llama(
             model_path=self.gguf_path,
             n_gpu_layers=0,

@@ -17,6 +17,7 @@ from engines.base import (
     KVCache,
     ModelSpec,
     ProgressFn,
+    Quant,
     Request,
     RequestOutput,
     ScoredSequence,
@@ -38,6 +39,7 @@ from engines.dtypes import torch_dtype
 from engines.memory import release_memory
 from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
+from engines.own.quant.apply import DEFAULT_INT4_GROUP, quantize_model
 from engines.own.scheduler import SchedulerConfig
 from engines.own.scoring import score_sequences, score_tails
 from engines.own.speculative.setup import build_speculator, load_spec_draft, resolve_spec_options
@@ -54,6 +56,8 @@ class OwnEngine(Engine):
         "prefix_cache": (True, False),
         "attention": (Attention.torch, Attention.sdpa, Attention.triton, Attention.flash_attn),
         "graphs": (Graphs.eager, Graphs.compile, Graphs.cuda_graphs),
+        "quant": (Quant.none, Quant.int8, Quant.int4),
+        "quant_group_size": (32, 64, 128, 256),  # what torch's CPU int4 kernel takes; the Triton kernel wants >= 32
         "spec": (Spec.none, Spec.draft, Spec.ngram, Spec.early_exit),
     }
     defaults: ClassVar[dict[str, Any]] = {
@@ -63,6 +67,7 @@ class OwnEngine(Engine):
         "prefix_cache": True,
         "attention": Attention.sdpa,
         "graphs": Graphs.eager,
+        "quant": Quant.none,
         "spec": Spec.none,
     }
 
@@ -77,6 +82,8 @@ class OwnEngine(Engine):
         if kv == KVCache.none and requested.chunked_prefill is None:
             adjusted.chunked_prefill = False
         resolved = super().resolve_technique(adjusted)
+        if resolved.quant == Quant.int4 and resolved.quant_group_size is None:
+            resolved.quant_group_size = DEFAULT_INT4_GROUP
         if resolved.prefix_cache and resolved.kv_cache != KVCache.paged:
             raise UnsupportedTechnique(f"engine 'own': prefix_cache needs kv_cache=paged, not {resolved.kv_cache.value}")
         if resolved.chunked_prefill and resolved.kv_cache == KVCache.none:
@@ -94,6 +101,7 @@ class OwnEngine(Engine):
         self.spec = model
         check_device_support(technique, self.device)
         self.model, hf_config = load_model(model, self.device, options.max_model_len)
+        self.quantization = quantize_model(self.model, technique.quant.value, technique.quant_group_size)
         config = self.model.config
         try:
             attention = make_attention(technique.attention.value, self.device)
@@ -178,6 +186,7 @@ class OwnEngine(Engine):
             max_model_len=self.max_model_len,
             kv_bytes_per_token=self.kv_bytes_per_token,
             block_size=self.options.block_size,
+            quantization=self.quantization,
         )
         if self.device.type == "cuda":
             stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)

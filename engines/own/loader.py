@@ -53,16 +53,16 @@ def _fused_state(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[
         attn = hf + "self_attn."
         state[ours + "input_norm"] = tensors[hf + "input_layernorm.weight"]
         state[ours + "post_attn_norm"] = tensors[hf + "post_attention_layernorm.weight"]
-        state[ours + "qkv_weight"] = torch.cat([tensors[attn + f"{p}_proj.weight"] for p in "qkv"])
+        state[ours + "qkv.weight"] = torch.cat([tensors[attn + f"{p}_proj.weight"] for p in "qkv"])
         if config.qkv_bias:
-            state[ours + "qkv_bias"] = torch.cat([tensors[attn + f"{p}_proj.bias"] for p in "qkv"])
+            state[ours + "qkv.bias"] = torch.cat([tensors[attn + f"{p}_proj.bias"] for p in "qkv"])
         if config.qk_norm:
             state[ours + "q_norm"] = tensors[attn + "q_norm.weight"]
             state[ours + "k_norm"] = tensors[attn + "k_norm.weight"]
-        state[ours + "o_weight"] = tensors[attn + "o_proj.weight"]
+        state[ours + "o.weight"] = tensors[attn + "o_proj.weight"]
         mlp = hf + "mlp."
-        state[ours + "gate_up_weight"] = torch.cat([tensors[mlp + "gate_proj.weight"], tensors[mlp + "up_proj.weight"]])
-        state[ours + "down_weight"] = tensors[mlp + "down_proj.weight"]
+        state[ours + "gate_up.weight"] = torch.cat([tensors[mlp + "gate_proj.weight"], tensors[mlp + "up_proj.weight"]])
+        state[ours + "down.weight"] = tensors[mlp + "down_proj.weight"]
     return state
 
 

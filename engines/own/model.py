@@ -14,6 +14,7 @@ from torch import nn
 
 from engines.own.attn_metadata import AttnMetadata
 from engines.own.architecture import ModelConfig
+from engines.own.quant.linear import Linear
 from engines.own.rope import apply_rope, cos_sin_table
 
 
@@ -32,14 +33,14 @@ class DecoderLayer(nn.Module):
         self.eps = c.rms_norm_eps
         qkv_rows = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
         self.input_norm = nn.Parameter(torch.ones(c.hidden_size))
-        self.qkv_weight = nn.Parameter(torch.empty(qkv_rows, c.hidden_size))
-        self.qkv_bias = nn.Parameter(torch.zeros(qkv_rows)) if c.qkv_bias else None
+        # Linear layers, so technique.quant can swap them for quantized ones (engines/own/quant)
+        self.qkv = Linear(c.hidden_size, qkv_rows, bias=c.qkv_bias)
         self.q_norm = nn.Parameter(torch.ones(c.head_dim)) if c.qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(c.head_dim)) if c.qk_norm else None
-        self.o_weight = nn.Parameter(torch.empty(c.hidden_size, c.num_heads * c.head_dim))
+        self.o = Linear(c.num_heads * c.head_dim, c.hidden_size)
         self.post_attn_norm = nn.Parameter(torch.ones(c.hidden_size))
-        self.gate_up_weight = nn.Parameter(torch.empty(2 * c.intermediate_size, c.hidden_size))
-        self.down_weight = nn.Parameter(torch.empty(c.hidden_size, c.intermediate_size))
+        self.gate_up = Linear(c.hidden_size, 2 * c.intermediate_size)
+        self.down = Linear(c.intermediate_size, c.hidden_size)
 
     def forward(
         self,
@@ -53,7 +54,7 @@ class DecoderLayer(nn.Module):
         tokens = hidden.shape[0]
         residual = hidden
         hidden = rms_norm(hidden, self.input_norm, self.eps)
-        qkv = F.linear(hidden, self.qkv_weight, self.qkv_bias)
+        qkv = self.qkv(hidden)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
         q = q.view(tokens, self.num_heads, self.head_dim)
@@ -64,11 +65,11 @@ class DecoderLayer(nn.Module):
             k = rms_norm(k, self.k_norm, self.eps)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         attn = attention.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.head_dim**-0.5)
-        hidden = residual + F.linear(attn.reshape(tokens, q_size), self.o_weight)
+        hidden = residual + self.o(attn.reshape(tokens, q_size))
         residual = hidden
         hidden = rms_norm(hidden, self.post_attn_norm, self.eps)
-        gate, up = F.linear(hidden, self.gate_up_weight).chunk(2, dim=-1)
-        return residual + F.linear(F.silu(gate) * up, self.down_weight)
+        gate, up = self.gate_up(hidden).chunk(2, dim=-1)
+        return residual + self.down(F.silu(gate) * up)
 
 
 class CausalLM(nn.Module):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
 import torch
 
-from engines.base import Attention, Graphs, Technique, UnsupportedTechnique
+from engines.base import Attention, Graphs, Quant, Technique, UnsupportedTechnique
 from engines.own.model_runner import ModelRunner
 
 
@@ -22,6 +23,9 @@ def check_device_support(technique: Technique, device: torch.device) -> None:
         raise UnsupportedTechnique("engine 'own': attention=triton needs CUDA (or TRITON_INTERPRET=1 on CPU)")
     if technique.graphs == Graphs.compile and not on_cuda and shutil.which(os.environ.get("CXX", "g++")) is None:
         raise UnsupportedTechnique("engine 'own': graphs=compile on CPU needs a C++ compiler (g++)")
+    if technique.quant in (Quant.int8, Quant.int4) and on_cuda and importlib.util.find_spec("triton") is None:
+        raise UnsupportedTechnique(f"engine 'own': quant={technique.quant.value} on CUDA runs our Triton kernels: "
+                                   "pip install triton")  # fmt: skip
 
 
 def apply_graphs(graphs: Graphs, runner: ModelRunner, device: torch.device, max_num_seqs: int) -> None:

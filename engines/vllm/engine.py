@@ -22,6 +22,7 @@ from engines.base import (
     Batching,
     Engine,
     Graphs,
+    Quant,
     KVCache,
     ModelSpec,
     ProgressFn,
@@ -55,6 +56,7 @@ class VllmEngine(Engine):
         # or FlashInfer on CUDA). None of our values names it, so none is claimed: engine_stats records it.
         "attention": (),
         "graphs": (Graphs.eager, Graphs.compile, Graphs.cuda_graphs),
+        "quant": (Quant.none,),  # vLLM's own quantization methods are not wired here yet
     }
     defaults: ClassVar[dict[str, Any]] = {
         "kv_cache": KVCache.paged,
@@ -62,6 +64,7 @@ class VllmEngine(Engine):
         "chunked_prefill": True,
         "prefix_cache": True,
         "attention": None,
+        "quant": Quant.none,
         "graphs": Graphs.compile,  # vLLM's default: torch.compile (Inductor) on CPU; + CUDA graphs use cuda_graphs
     }
 

@@ -155,10 +155,8 @@ def _accuracy(row: dict[str, Any]) -> tuple[str, float] | None:
     for column in sorted(row):
         if column.startswith("accuracy.") and column.count(".") == 2 and (v := number(row, column)) is not None:
             return column.removeprefix("accuracy."), v
-    for column in sorted(row):
-        if column.startswith("perplexity.") and (v := number(row, column)) is not None:
-            return column, v
-    return None
+    value = number(row, "perplexity")
+    return ("perplexity", value) if value is not None else None
 
 
 def accuracy_memory_speed(rows: list[dict[str, Any]]) -> str | None:

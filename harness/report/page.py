@@ -18,7 +18,7 @@ CELL_COLUMNS = (("out tok/s", "output_throughput_tok_s", ".1f"), ("TTFT ms", "tt
                 ("TPOT ms", "tpot_ms.mean", ".2f"), ("E2E ms", "e2el_ms.mean", ".0f"),
                 ("peak MB", "peak_memory_bytes", "mb"), ("n", "ci95.output_throughput_tok_s.n", ".0f"),
                 ("load", "load_avg_1m", ".1f"))  # fmt: skip
-EXTRA_PREFIXES = ("cost.", "energy.", "quantization.", "perplexity.", "spec.")
+EXTRA_PREFIXES = ("cost.", "energy.", "quantization.", "perplexity", "spec.")
 
 
 @dataclass(slots=True)

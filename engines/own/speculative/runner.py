@@ -61,10 +61,10 @@ class SpecRunner:
         mirrored = self._clock()
         out_seqs, out_tokens = self._decide(batch, hidden, vb.scored, decodes, proposal)
         done = self._clock()
-        if decodes:
+        if decodes:  # steps of prompts alone are not speculation's cost (a mixed step's pass includes its chunks)
             self.stats.steps += 1
-        self.stats.draft_s += (drafted - start) + (mirrored - verified)
-        self.stats.verify_s += (verified - drafted) + (done - mirrored)
+            self.stats.draft_s += (drafted - start) + (mirrored - verified)
+            self.stats.verify_s += (verified - drafted) + (done - mirrored)
         return out_seqs, out_tokens
 
     def _clock(self) -> float:

@@ -22,6 +22,7 @@ class SpecStats:
     accepted_at: list[int] = field(default_factory=list)
     empty_drafts: int = 0  # decoding sequence-steps where the proposer proposed nothing
     emitted: int = 0  # tokens emitted by decoding sequences (accepted + the target's own)
+    # time in steps with a decoding sequence (a prompt chunk sharing such a step is in its passes too)
     draft_s: float = 0.0  # proposing, plus the draft model's mirror pass
     verify_s: float = 0.0  # the target's pass and the acceptance decisions
 

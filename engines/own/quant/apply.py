@@ -1,0 +1,66 @@
+"""Swap a loaded model's float linear layers for quantized ones, and measure the weights that remain.
+
+The decoder layers' projections are quantized; the embedding (tied to the LM head in SmolLM2) and the norms
+stay in the model dtype. GGUF files quantize the embedding too, so compare weight bytes, not method names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from engines.own.quant.formats import quantize_int4, quantize_int8
+from engines.own.quant.linear import Int4Linear, Int8Linear, Linear, compute_dtype, default_backend
+
+METHODS = ("none", "int8", "int4")
+BITS = {"none": None, "int8": 8, "int4": 4}
+DEFAULT_INT4_GROUP = 64  # divides SmolLM2's 576 and 1536 and every Llama width; torchao's anchor uses it too
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and quantized-weight buffer (not the RoPE tables or the KV cache)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total + sum(m.weight_bytes() for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear)))
+
+
+def quantize_model(
+    model: nn.Module, method: str, group_size: int | None = None, backend: str | None = None
+) -> dict[str, Any]:
+    """Quantize every `Linear` of `model` in place; returns what was done (the result's `quantization`)."""
+    if method not in METHODS:
+        raise ValueError(f"own engine quant '{method}' is not one of: {', '.join(METHODS)}")
+    before = weight_bytes(model)
+    first = next(model.parameters())
+    backend = backend or default_backend(first.device)
+    if method == "int4":
+        group_size = group_size or DEFAULT_INT4_GROUP
+    layers = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if method == "none" or not isinstance(child, Linear):
+                continue
+            setattr(parent, name, _quantized(child, method, group_size, backend))
+            layers += 1
+    return {
+        "method": method, "bits": BITS[method], "group_size": group_size if method == "int4" else None,
+        "kernel": None if method == "none" else _kernel_name(backend, method), "quantized_layers": layers,
+        "weight_bytes": weight_bytes(model), "weight_bytes_unquantized": before,
+        "activation_dtype": None if method == "none" else str(compute_dtype(first.dtype, backend)).removeprefix("torch."),
+        "float_parts": "embedding / LM head, norms",
+    }  # fmt: skip
+
+
+def _quantized(layer: Linear, method: str, group_size: int | None, backend: str) -> nn.Module:
+    weight, bias, dtype = layer.weight.detach(), layer.bias, layer.weight.dtype
+    with torch.no_grad():
+        if method == "int8":
+            return Int8Linear(quantize_int8(weight), bias, dtype, backend)
+        return Int4Linear(quantize_int4(weight, group_size), bias, dtype, backend)
+
+
+def _kernel_name(backend: str, method: str) -> str:
+    if backend == "triton":
+        return f"triton {method}_matmul (engines/own/kernels/triton_quant.py)"
+    return "torch.ops.aten._weight_int8pack_mm" if method == "int8" else "torch.ops.aten._weight_int4pack_mm_for_cpu"

@@ -1,0 +1,126 @@
+"""The model's linear layers: `y = x @ W.T (+ b)` with W kept as floats, int8 codes or packed int4 codes.
+
+Each quantized layer runs a weight-only matmul that reads the integer codes directly: torch's own CPU kernels
+(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) on the CPU, our Triton kernels (kernels/triton_quant.py)
+on CUDA. Backend "torch" or "triton" can also be chosen by hand (Triton on CPU under TRITON_INTERPRET=1).
+
+torch's CPU kernels are vectorised for bfloat16/float16 activations only: with float32 ones they take a scalar
+path about 8x slower than the float32 matmul they replace (measured on this AVX-512 CPU). So a float32 model's
+quantized layers compute in bfloat16 on the CPU (`compute_dtype`), and cast the result back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engines.own.quant.formats import Int4Weight, Int8Weight, pack_nibbles
+
+BACKENDS = ("torch", "triton")
+INT4_ROW_MULTIPLE = 16  # torch's CPU int4 packing wants the output rows in multiples of 16
+INT4_ZERO_CODE = 8  # torch's CPU int4 kernel decodes w = (q - 8) * scale + zero
+INT8_COL_MULTIPLE = 16  # torch's bfloat16 int8 kernel crashes (segfault) on widths like 100 or 130: zero-pad
+
+
+def default_backend(device: torch.device) -> str:
+    return "torch" if device.type == "cpu" else "triton"
+
+
+def compute_dtype(dtype: torch.dtype, backend: str) -> torch.dtype:
+    """The activation dtype a quantized layer computes in (see the module docstring)."""
+    return torch.bfloat16 if backend == "torch" and dtype == torch.float32 else dtype
+
+
+def _tensor_bytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class Linear(nn.Module):
+    """Float weights, as loaded."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def weight_bytes(self) -> int:
+        return _tensor_bytes(self.weight, self.bias)
+
+
+class Int8Linear(nn.Module):
+    """int8 codes `[N, K]`, one scale per output row."""
+
+    def __init__(self, q: Int8Weight, bias: torch.Tensor | None, dtype: torch.dtype, backend: str) -> None:
+        super().__init__()
+        self.backend = _checked(backend)
+        self.compute_dtype = compute_dtype(dtype, backend)
+        self.in_features = q.codes.shape[1]
+        width = -(-self.in_features // INT8_COL_MULTIPLE) * INT8_COL_MULTIPLE if backend == "torch" else self.in_features
+        self.register_buffer("codes", F.pad(q.codes, (0, width - self.in_features)).contiguous())
+        # torch's kernel wants scales in the activation dtype; ours reads float32
+        self.register_buffer("scale", q.scale.to(self.compute_dtype if backend == "torch" else torch.float32))
+        self.register_buffer("bias", None if bias is None else bias.to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "torch":
+            flat = x.reshape(-1, x.shape[-1]).to(self.compute_dtype)
+            flat = F.pad(flat, (0, self.codes.shape[1] - self.in_features))
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scale)
+            out = out.to(x.dtype).view(*x.shape[:-1], -1)
+        else:
+            from engines.own.kernels.triton_quant import int8_matmul
+
+            out = int8_matmul(x, self.codes, self.scale)
+        return out if self.bias is None else out + self.bias
+
+    def weight_bytes(self) -> int:
+        return _tensor_bytes(*self.buffers())
+
+
+class Int4Linear(nn.Module):
+    """int4 codes packed two per byte, a scale and an offset per row and group of `group_size` inputs."""
+
+    def __init__(self, q: Int4Weight, bias: torch.Tensor | None, dtype: torch.dtype, backend: str) -> None:
+        super().__init__()
+        self.backend = _checked(backend)
+        self.compute_dtype = compute_dtype(dtype, backend)
+        self.out_features, self.in_features = q.codes.shape[0], q.in_features
+        self.padded_in, self.group_size = q.codes.shape[1], q.group_size
+        if backend == "torch":
+            rows = -(-self.out_features // INT4_ROW_MULTIPLE) * INT4_ROW_MULTIPLE
+            codes = F.pad(q.codes, (0, 0, 0, rows - self.out_features)).to(torch.int32)
+            scale = F.pad(q.scale, (0, 0, 0, rows - self.out_features))
+            zero = F.pad(q.low, (0, 0, 0, rows - self.out_features)) + INT4_ZERO_CODE * scale
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+            self.register_buffer("packed", packed)
+            scale_zero = torch.stack([scale.T, zero.T], dim=-1).to(self.compute_dtype).contiguous()
+            self.register_buffer("scale_zero", scale_zero)
+        else:
+            self.register_buffer("packed", pack_nibbles(q.codes).contiguous())
+            self.register_buffer("scale", q.scale.contiguous())
+            self.register_buffer("low", q.low.contiguous())
+        self.register_buffer("bias", None if bias is None else bias.to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "torch":
+            flat = F.pad(x.reshape(-1, x.shape[-1]).to(self.compute_dtype), (0, self.padded_in - self.in_features))
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scale_zero)
+            out = out[:, : self.out_features].to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        else:
+            from engines.own.kernels.triton_quant import int4_matmul
+
+            out = int4_matmul(x, self.packed, self.scale, self.low, self.group_size)
+        return out if self.bias is None else out + self.bias
+
+    def weight_bytes(self) -> int:
+        return _tensor_bytes(*self.buffers())
+
+
+def _checked(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown quantized matmul backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    return backend

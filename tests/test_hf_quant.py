@@ -1,0 +1,59 @@
+"""engine=hf quantization: a method whose library is missing, or whose checkpoint was never made, skips the cell
+with a reason that says what to run; where the library is installed (engines/hf/install_quant.sh's venv) the
+quantized model runs and its weights shrink."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from engines import create_engine
+from engines.base import ModelSpec, Quant, Request, SamplingParams, Technique, UnsupportedTechnique
+from engines.hf import quant as hf_quant
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is not None, reason="torchao is installed here")
+def test_a_missing_library_skips_with_the_import_error_and_the_install_command():
+    with pytest.raises(UnsupportedTechnique, match=r"needs torchao, which does not import here \(ModuleNotFoundError.*install_quant.sh"):
+        hf_quant.require(Quant.torchao_int8)
+
+
+def test_a_missing_gptq_checkpoint_names_the_command_that_makes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFERMATRIX_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(UnsupportedTechnique, match="no gptq checkpoint.*group size 64.*quantize_checkpoint gptq --model"):
+        hf_quant.checkpoint_path(ModelSpec("m", str(model)), Quant.gptq, 64)
+    cached = tmp_path / "cache" / "models" / hf_quant_target_name(model, "gptq", 64)
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text("{}")
+    assert hf_quant.checkpoint_path(ModelSpec("m", str(model)), Quant.gptq, 64) == cached
+
+
+def hf_quant_target_name(model, method, group):
+    from engines.hf.quantize_checkpoint import target_dir
+
+    return target_dir(model, method, group).name
+
+
+def test_weight_bytes_count_tied_weights_once():
+    lm = torch.nn.Linear(4, 3, bias=False)
+    model = torch.nn.ModuleDict({"embed": torch.nn.Embedding(3, 4), "head": lm})
+    model["head"].weight = model["embed"].weight  # tied, as SmolLM2's LM head is
+    assert hf_quant.weight_bytes(model) == 3 * 4 * 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs engines/hf/install_quant.sh's venv")
+def test_torchao_int8_runs_and_shrinks_the_weights(smollm2_dir):
+    sizes = {}
+    for quant in (Quant.none, Quant.torchao_int8):
+        engine = create_engine("hf", ModelSpec("smollm2", str(smollm2_dir)), Technique(quant=quant), {}, "cpu")
+        out = engine.generate([Request("r", [1, 504, 3458, 282], SamplingParams(max_tokens=4, ignore_eos=True))])[0]
+        assert out.error is None and len(out.token_ids) == 4
+        sizes[quant] = engine.stats()["quantization"]["weight_bytes"]
+        engine.close()
+    assert sizes[Quant.torchao_int8] < 0.45 * sizes[Quant.none]
