@@ -125,7 +125,7 @@ def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, res
     if config.scenario.name is ScenarioName.serving and cls.serve is Engine.serve:
         # checked before the model loads; the base method would raise this same error after it
         raise UnsupportedTechnique(f"engine '{config.engine.name}' has no serving loop (scenario=serving needs one)")
-    technique = cls.resolve_technique(config.technique)
+    technique = cls.resolve_technique(config.technique, device)
     result["technique_applied"] = {k: getattr(v, "value", v) for k, v in asdict(technique).items()}
     args = (ENGINES[config.engine.name][1], spec, technique, config.engine, device, config.threads)
     if config.isolation is Isolation.process:
