@@ -50,7 +50,9 @@ class KernelAttention:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-DECODE_BUCKET = 8  # decodes run in groups of similar context length, so little padding is gathered
+# Decodes run in groups of similar context length: one gather + SDPA call per group and layer, each padded to
+# its longest context. A group grows (shortest first) while its padding stays under this share of what it reads.
+DECODE_PADDING = 0.2
 
 
 @dataclass(slots=True)
@@ -63,13 +65,27 @@ class GatherPlan:
     prefill_masks: list[torch.Tensor | None]  # per sequence [q_len, ctx] bool; None = plain causal
 
 
+def decode_row_groups(lens: list[int], block_size: int) -> list[list[int]]:
+    """Decode rows grouped by context length (shortest first). A group gathers every row's blocks up to its
+    longest context; at most DECODE_PADDING of that is beyond what the rows' own blocks hold."""
+    groups: list[list[int]] = []
+    own_blocks = 0  # blocks the rows of the last group hold
+    for row in sorted(range(len(lens)), key=lens.__getitem__):
+        blocks = -(-lens[row] // block_size)  # rows come shortest first: this one is the group's longest
+        if groups and blocks * (len(groups[-1]) + 1) * (1 - DECODE_PADDING) <= own_blocks + blocks:
+            groups[-1].append(row)
+            own_blocks += blocks
+        else:
+            groups.append([row])
+            own_blocks = blocks
+    return groups
+
+
 def _decode_groups(meta: AttnMetadata, block_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     lens = meta.decode_context_lens_host
-    order = sorted(range(len(lens)), key=lens.__getitem__)
     device = meta.slot_mapping.device
     groups = []
-    for start in range(0, len(order), DECODE_BUCKET):
-        rows = order[start : start + DECODE_BUCKET]
+    for rows in decode_row_groups(lens, block_size):
         width = -(-max(lens[r] for r in rows) // block_size)
         rows_t = torch.tensor(rows, device=device)
         blocks = meta.decode_block_tables[rows_t, :width].long().clamp_min(0).flatten()
