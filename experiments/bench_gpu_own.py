@@ -186,14 +186,24 @@ def decode_rate(engine, request: Request) -> float:
     return (len(out.token_ids) - 1) / (out.token_times[-1] - out.token_times[0])
 
 
-def batch1_decode(spec: ModelSpec, args, bandwidth: float) -> None:
-    print(f"\n== 4. batch-1 decode, {args.layers} layers, prompt {args.prompt_len}, {args.decode_tokens} tokens ==")
-    vocab = spec.random_config["vocab_size"]
-    request = random_requests(1, args.prompt_len, args.decode_tokens, vocab, seed=2)[0]
+def own_engine(spec: ModelSpec, args):
+    """One `own` engine (device defaults) for sections 4 and 5: an 8B model loads once."""
     started = time.perf_counter()
-    engine = create_engine("own", spec, Technique(), dict(max_num_seqs=args.num_requests), DEVICE)
-    print(f"technique (device defaults): {applied(engine.technique)}; load+setup {time.perf_counter() - started:.0f} s")
-    engine.generate(random_requests(1, 16, 8, vocab, seed=3))  # compile kernels
+    options = dict(max_num_seqs=args.num_requests, max_num_batched_tokens=8192)
+    engine = create_engine("own", spec, Technique(), options, DEVICE)
+    print(f"\nown: {applied(engine.technique)}; load+setup {time.perf_counter() - started:.0f} s")
+    if ON_GPU:
+        plan = engine.memory_plan
+        print(f"KV budget (vLLM's rule): {engine.llm.kv.num_blocks} blocks of {BLOCK} tokens from total "
+              f"{plan['total_bytes'] / 2**30:.1f} GiB, weights {plan['weights_bytes'] / 2**30:.1f} GiB, step peak "
+              f"{plan['activation_peak_bytes'] / 2**30:.2f} GiB, outside torch {plan['non_torch_bytes'] / 2**30:.2f} GiB")
+    engine.generate(random_requests(2, 16, 8, spec.random_config["vocab_size"], seed=3))  # compile kernels
+    return engine
+
+
+def batch1_decode(engine, args, bandwidth: float) -> None:
+    print(f"\n== 4. batch-1 decode, {args.layers} layers, prompt {args.prompt_len}, {args.decode_tokens} tokens ==")
+    request = random_requests(1, args.prompt_len, args.decode_tokens, engine.model.config.vocab_size, seed=2)[0]
     params = dict(engine.model.named_parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in params.values())
     weight_bytes -= params["embed"].numel() * params["embed"].element_size()  # one row per token is read
@@ -203,43 +213,45 @@ def batch1_decode(spec: ModelSpec, args, bandwidth: float) -> None:
     if graph_hook is None:
         skipped("CUDA graphs vs eager (graphs need CUDA)")
     rates = {}
-    for label, hook in modes:  # one load: the graph runner is the runner's decode hook, None runs eagerly
+    for label, hook in modes:  # the graph runner is the runner's decode hook; None runs the same model eagerly
         engine.runner.decode_hook = hook
         rates[label] = tok_s = statistics.median(decode_rate(engine, request) for _ in range(args.repeats))
         used = (weight_bytes + kv_bytes) * tok_s / bandwidth
         print(f"{label:12s} {tok_s:8.1f} tok/s  ({1e3 / tok_s:.2f} ms/token, median of {args.repeats})  "
               f"bytes/token {weight_bytes / 1e9:.3f} GB weights + {kv_bytes / 1e6:.1f} MB KV  "
               f"-> {100 * used:.1f}% of copy bandwidth (goal >= 85%)")  # fmt: skip
+    engine.runner.decode_hook = graph_hook
     if len(rates) == 2:
         print(f"cuda_graphs / eager: {rates['cuda_graphs'] / rates['eager']:.2f}x")
-    free(engine)
 
 
-def offline_throughput(spec: ModelSpec, args) -> None:
+def offline_run(label: str, engine, requests: list[Request], prompt_tokens: int) -> float:
+    if ON_GPU:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    outputs = engine.generate(requests)
+    wall = time.perf_counter() - started
+    generated = sum(len(o.token_ids) for o in outputs)
+    errors = [o.error for o in outputs if o.finish_reason == "error"]
+    print(f"{label:8s} {generated / wall:9.1f} generated tok/s  ({(generated + prompt_tokens) / wall:.1f} total "
+          f"tok/s, {wall:.1f} s)  {applied(engine.technique)}" + (f"  ERRORS: {errors[:2]}" if errors else ""))
+    return generated / wall
+
+
+def offline_throughput(own, spec: ModelSpec, args) -> None:
     print(f"\n== 5. offline throughput: {args.num_requests} requests x prompt {args.prompt_len} + "
-          f"{args.gen_len} generated tokens ==")  # fmt: skip
-    requests = random_requests(args.num_requests, args.prompt_len, args.gen_len, spec.random_config["vocab_size"], 4)
-    runs = [("own (device defaults)", "own", dict(max_num_seqs=args.num_requests, max_num_batched_tokens=8192))]
-    if not args.skip_hf:
-        runs.append(("hf transformers", "hf", dict(batch_size=args.num_requests)))
-    rates = {}
-    for label, name, options in runs:
-        engine = create_engine(name, spec, Technique(), options, DEVICE)
-        engine.generate(random_requests(2, 16, 4, spec.random_config["vocab_size"], seed=5))  # warm-up
-        if ON_GPU:
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        outputs = engine.generate(requests)
-        wall = time.perf_counter() - started
-        generated = sum(len(o.token_ids) for o in outputs)
-        errors = [o.error for o in outputs if o.finish_reason == "error"]
-        rates[name] = generated / wall
-        print(f"{label:24s} {generated / wall:9.1f} generated tok/s  "
-              f"({(generated + args.num_requests * args.prompt_len) / wall:.1f} total tok/s, {wall:.1f} s)  "
-              f"{applied(engine.technique)}" + (f"  ERRORS: {errors[:2]}" if errors else ""))  # fmt: skip
-        free(engine)
-    if len(rates) == 2:
-        print(f"own / hf: {rates['own'] / rates['hf']:.2f}x (goal >= 3x on a GPU)")
+          f"{args.gen_len} generated tokens, HF at the same concurrency ==")  # fmt: skip
+    vocab = spec.random_config["vocab_size"]
+    requests = random_requests(args.num_requests, args.prompt_len, args.gen_len, vocab, 4)
+    own_rate = offline_run("own", own, requests, args.num_requests * args.prompt_len)
+    free(own)
+    if args.skip_hf:
+        return
+    hf = create_engine("hf", spec, Technique(), dict(batch_size=args.num_requests), DEVICE)
+    hf.generate(random_requests(2, 16, 4, vocab, seed=5))  # warm-up
+    hf_rate = offline_run("hf", hf, requests, args.num_requests * args.prompt_len)
+    free(hf)
+    print(f"own / hf: {own_rate / hf_rate:.2f}x (goal >= 3x on a GPU)")
 
 
 def main() -> None:
@@ -275,8 +287,9 @@ def main() -> None:
         return
     spec = ModelSpec(f"{shape}-random", None, dtype="bfloat16",
                      random_config=model_config(shape, args.layers, args.max_model_len))  # fmt: skip
-    batch1_decode(spec, args, bandwidth)
-    offline_throughput(spec, args)
+    own = own_engine(spec, args)
+    batch1_decode(own, args, bandwidth)
+    offline_throughput(own, spec, args)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ if ! "$py" -c "import pytest" 2>/dev/null; then
     echo "pytest is not importable (not in the image nor in $pylibs): GPU tests NOT RUN"
     status=1
 elif [ "$cuda" = 1 ]; then
-    timeout 150 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/own tests/test_max_model_len.py || status=1
+    timeout 120 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/own tests/test_max_model_len.py || status=1
 else
     echo "SKIPPED (no CUDA device): GPU tests; running the Triton kernel tests in the interpreter instead"
     TRITON_INTERPRET=1 timeout 600 "$py" -m pytest -q -p no:cacheprovider \
@@ -44,7 +44,7 @@ fi
 
 echo "== benchmark"
 if [ "$cuda" = 1 ]; then
-    timeout 300 "$py" -u experiments/bench_gpu_own.py "$@" || status=1
+    timeout 330 "$py" -u experiments/bench_gpu_own.py "$@" || status=1
 else
     TRITON_INTERPRET=1 timeout 600 "$py" -u experiments/bench_gpu_own.py "$@" || status=1
 fi

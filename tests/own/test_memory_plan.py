@@ -3,6 +3,7 @@ from a profiled step, one pool tensor for every layer's KV."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -82,3 +83,24 @@ def test_kv_caches_are_views_of_one_pool_and_zeroing_touches_only_the_given_bloc
     for k_cache, v_cache in caches:
         for cache, fill in ((k_cache, 1.0), (v_cache, 2.0)):
             assert cache[[1, 3]].eq(0).all() and cache[[0, 2, 4]].eq(fill).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_kv_takes_the_share_weights_and_the_step_peak_leave_and_the_run_stays_inside_it():
+    from engines import create_engine
+    from engines.base import Request, SamplingParams, Technique
+
+    spec = ModelSpec("tiny", None, dtype="bfloat16", random_config=dict(TINY), seed=0)
+    engine = create_engine("own", spec, Technique(), dict(gpu_memory_utilization=0.05), "cuda")
+    plan = engine.memory_plan
+    share = 0.05 * plan["total_bytes"]
+    kv = engine.llm.kv.num_blocks * 16 * engine.kv_bytes_per_token
+    left = share - plan["weights_bytes"] - plan["activation_peak_bytes"] - plan["non_torch_bytes"]
+    assert plan["weights_bytes"] > 0 and plan["activation_peak_bytes"] > 0
+    assert left - 16 * engine.kv_bytes_per_token < kv <= left  # whole blocks of what is left
+    torch.cuda.reset_peak_memory_stats()
+    out = engine.generate([Request("r", [5] * 40, SamplingParams(max_tokens=8, ignore_eos=True))])[0]
+    assert len(out.token_ids) == 8
+    assert torch.cuda.max_memory_allocated() <= share - plan["non_torch_bytes"]
+    engine.close()
