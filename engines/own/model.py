@@ -97,7 +97,7 @@ class CausalLM(nn.Module):
         return self.forward_prepared(input_ids, positions, meta)
 
     def forward_prepared(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:
-        """The layers alone (metadata already prepared): the part torch.compile or a graph runner wraps."""
+        """The layers alone (metadata already prepared): the part a CUDA graph captures."""
         hidden = F.embedding(input_ids, self.embed)
         dtype = hidden.dtype
         cos, sin = self.rope_cos[positions].to(dtype), self.rope_sin_signed[positions].to(dtype)
