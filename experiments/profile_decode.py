@@ -39,6 +39,15 @@ def decode_ready_engine(dtype: str, batch: int, prompt: int, device: str):
     return engine
 
 
+def _inside_aten(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def profile_dtype(dtype: str, batch: int, prompt: int, steps: int, rows: int, device: str) -> None:
     engine = decode_ready_engine(dtype, batch, prompt, device)
     llm = engine.llm
@@ -54,11 +63,13 @@ def profile_dtype(dtype: str, batch: int, prompt: int, steps: int, rows: int, de
             llm.step()
     events = prof.key_averages()
     ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    # top level: aten ops not called from inside another aten op (what Python code dispatches)
+    top = sum(1 for e in prof.events() if e.name.startswith("aten::") and not _inside_aten(e))
     print(f"\n=== dtype={dtype} batch={batch} decode, context {prompt}-{prompt + batch} tokens, "
           f"threads={torch.get_num_threads()} load avg={os.getloadavg()} technique={engine.technique}")  # fmt: skip
     print(f"step time (unprofiled, {steps} steps): median {1e3 * statistics.median(times):.1f} ms, "
           f"min {1e3 * min(times):.1f} ms -> {batch / statistics.median(times):.0f} tok/s")  # fmt: skip
-    print(f"aten ops per step (all levels): {ops / steps:.0f}")
+    print(f"aten ops per step: {top / steps:.0f} top-level, {ops / steps:.0f} at all levels")
     print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
     engine.close()
 
