@@ -43,6 +43,15 @@ class Graphs(str, enum.Enum):
     compile = "compile"  # torch.compile
 
 
+class Spec(str, enum.Enum):
+    """Speculative decoding: who proposes the tokens the target model then verifies in one pass."""
+
+    none = "none"
+    draft = "draft"  # a smaller model with the same tokenizer, with its own KV cache
+    ngram = "ngram"  # prompt lookup: continue a repeat of the request's own latest n-gram
+    early_exit = "early_exit"  # the target's first layers + its final norm and LM head (self-draft)
+
+
 @dataclass
 class Technique:
     """Every optimization toggle. `None` means "the engine's default", which the engine
@@ -54,6 +63,32 @@ class Technique:
     prefix_cache: bool | None = None
     attention: Attention | None = None
     graphs: Graphs | None = None
+    spec: Spec | None = None
+    # options of `spec` (None = the engine's default; cleared when spec is none)
+    spec_k: int | None = None  # tokens proposed per step
+    spec_draft_model: str | None = None  # draft: a conf/model config name (None = the target itself)
+    spec_draft_layers: int | None = None  # draft: keep only the draft's first N layers (None = all)
+    spec_ngram_min: int | None = None  # ngram: shortest suffix n-gram looked up
+    spec_ngram_max: int | None = None  # ngram: longest suffix n-gram looked up (tried first)
+    spec_exit_layer: int | None = None  # early_exit: layers of the target the self-draft runs
+
+    # Option fields -> the toggle they belong to: not toggles themselves, so `supports` does not list their
+    # values; the engine that honours the toggle checks them, and they resolve to None when it is off.
+    OPTIONS: ClassVar[dict[str, str]] = {
+        "spec_k": "spec", "spec_draft_model": "spec", "spec_draft_layers": "spec", "spec_ngram_min": "spec",
+        "spec_ngram_max": "spec", "spec_exit_layer": "spec",
+    }  # fmt: skip
+    # What every engine honours without declaring it: running without speculation.
+    UNIVERSAL: ClassVar[dict[str, tuple[Any, ...]]] = {"spec": (Spec.none,)}
+
+    def __post_init__(self) -> None:
+        for key in ("spec_k", "spec_draft_layers", "spec_ngram_min", "spec_ngram_max", "spec_exit_layer"):
+            value = getattr(self, key)
+            if value is not None and (not is_int(value) or value < 1):
+                raise ValueError(f"technique.{key} must be an int >= 1 or null, got {show(value)}")
+        low, high = self.spec_ngram_min, self.spec_ngram_max
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"technique.spec_ngram_min={low} is above technique.spec_ngram_max={high}")
 
 
 @dataclass
@@ -86,6 +121,7 @@ class ModelSpec:
     random_config: dict[str, Any] | None = None  # HF config dict for random weights
     seed: int = 0
     gguf_path: str | None = None  # the .gguf file `path` was converted from, when the source is one (llamacpp loads it)
+    draft: ModelSpec | None = None  # technique.spec=draft: the draft model, resolved by the harness
 
     @property
     def is_random(self) -> bool:
@@ -217,14 +253,19 @@ class Engine(ABC):
         defaults = cls.device_defaults(device)
         applied, problems = {}, []
         for f in fields(Technique):
+            if f.name in Technique.OPTIONS:
+                continue
             value = getattr(requested, f.name)
             if value is None:
                 value = defaults.get(f.name)
-            honoured = cls.supports.get(f.name, ())
+            honoured = cls.supports.get(f.name, Technique.UNIVERSAL.get(f.name, ()))
             if value is not None and value not in honoured:
                 shown = ", ".join(str(getattr(v, "value", v)) for v in honoured) or "none"
                 problems.append(f"{f.name}={getattr(value, 'value', value)} (supports: {shown})")
             applied[f.name] = value
+        for option, toggle in Technique.OPTIONS.items():
+            off = applied[toggle] is None or getattr(applied[toggle], "value", applied[toggle]) == "none"
+            applied[option] = None if off else getattr(requested, option)
         if problems:
             raise UnsupportedTechnique(f"engine '{cls.name}' does not support " + "; ".join(problems))
         return Technique(**applied)

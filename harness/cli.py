@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,9 @@ def job_dirs() -> tuple[Path, Path, str, int]:
     multirun = hc.mode == RunMode.MULTIRUN
     sweep_dir = Path(hc.sweep.dir) if multirun else out_dir
     sweep_id = "_".join(sweep_dir.parts[-2:])  # <date>_<time> under Hydra's default dirs
-    return out_dir, sweep_dir, sweep_id, (hc.job.num if multirun else 0)
+    # slurm/sweep.sbatch runs each array task as a one-cell sweep (job 0): it passes the task's index
+    job_num = int(os.environ.get("INFERMATRIX_JOB_NUM", hc.job.num)) if multirun else 0
+    return out_dir, sweep_dir, sweep_id, job_num
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

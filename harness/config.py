@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from engines import ENGINES, options_class
 from engines.base import Technique
 from harness.eval.config import EvalConfig
+from harness.hardware import HardwareConfig
 from harness.trackers.config import TrackerConfig
 
 
@@ -227,6 +228,7 @@ class Config:
     technique: Technique = field(default_factory=Technique)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)  # what a cluster job asks for; its price
     device: Device = Device.auto
     threads: int | None = None  # torch threads on CPU; None = one per core
     store: str = "results"  # results store: results.jsonl of every cell, used to reuse finished cells
@@ -241,8 +243,9 @@ class Config:
             raise ConfigError(f"cell_timeout_s must be > 0 or null, got {self.cell_timeout_s}")
 
 
-# Keys that do not change what is measured: left out of the config hash.
-NON_SEMANTIC_KEYS = ("tracker", "store", "reuse", "isolation", "cell_timeout_s")
+# Keys that do not change what is measured: left out of the config hash. (`hardware` says where a job
+# runs and what it costs; the measured fingerprint, part of every reuse check, says what it ran on.)
+NON_SEMANTIC_KEYS = ("tracker", "store", "reuse", "isolation", "cell_timeout_s", "hardware")
 
 
 def register() -> None:

@@ -88,6 +88,7 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
         "device": result.get("environment", {}).get("device") or (result.get("hardware") or {}).get("device"),
         "hardware_id": result.get("hardware_id"),
         "hardware": describe_hardware(result.get("hardware") or {}),
+        "hardware_config": (result.get("hardware_config") or {}).get("name"),
         "code_version": result.get("code_version"),
         "result_path": str(result_path),
         "finished_at": result.get("finished_at"),
@@ -99,8 +100,18 @@ def table_row(result: dict, result_path: Path) -> dict[str, Any]:
     row.update(flatten(serving, "serving."))
     row.update(flatten(result.get("ci95") or {}, "ci95."))
     row.update(accuracy_columns(result.get("accuracy") or {}))
+    row.update(flatten(result.get("cost") or {}, "cost."))
+    row.update(flatten({k: v for k, v in (result.get("energy") or {}).items() if k != "by_domain"}, "energy."))
+    row.update(flatten(result.get("slurm") or {}, "slurm."))
+    speculation = (result.get("engine_stats") or {}).get("speculation") or {}
+    row.update({f"spec.{k}": speculation.get(k) for k in SPEC_COLUMNS if k in speculation})
     row.update(flatten(result.get("tracker", {}), "tracker."))
     return _clean(row)
+
+
+# engine_stats["speculation"] figures a results table carries (engines/own/speculative/stats.py)
+SPEC_COLUMNS = ("acceptance_rate", "mean_accepted_length", "tokens_per_decode_step", "draft_s_per_step",
+                "verify_s_per_step")  # fmt: skip
 
 
 def accuracy_columns(accuracy: dict) -> dict[str, Any]:

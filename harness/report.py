@@ -153,6 +153,12 @@ def summarize(df: pd.DataFrame, baseline: str | None = None, code: str | None = 
              ("good %", lambda r: _fmt(None if (f := _number(r, "goodput_fraction")) is None else 100 * f, ".0f"))]
             if any(_number(row, "goodput_fraction") is not None for row in rows) else []
         ),  # fmt: skip
+        # speculative cells: accepted / proposed drafts, and 1 + accepted per draft (the bonus token counted)
+        *(
+            [("accept", lambda r: _fmt(_number(r, "spec.acceptance_rate"), ".2f")),
+             ("acc.len", lambda r: _fmt(_number(r, "spec.mean_accepted_length"), ".2f"))]
+            if any(_number(row, "spec.acceptance_rate") is not None for row in rows) else []
+        ),  # fmt: skip
         ("CV", _cv_text),
         ("peak MB", lambda r: _fmt(None if (b := _number(r, "peak_memory_bytes")) is None else b / 1e6)),
         ("load", lambda r: _fmt(_number(r, "load_avg_1m"), ".1f")),

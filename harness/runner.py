@@ -16,18 +16,18 @@ import json
 import os
 import math
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from engines import ENGINES, engine_class, options_class
-from engines.base import Engine, ModelSpec, UnsupportedTechnique
+from engines.base import Engine, ModelSpec, Spec, UnsupportedTechnique
 from engines.dtypes import resolve_dtype
 from engines.environment import code_version, hardware_fingerprint, resolve_device
 from engines.worker import start_engine
-from harness import record
+from harness import hardware, record
 from harness.config import (
     NON_SEMANTIC_KEYS,
     SERVING_KEYS,
@@ -35,6 +35,7 @@ from harness.config import (
     ConfigError,
     Isolation,
     Reuse,
+    ModelConfig,
     ScenarioConfig,
     ScenarioName,
     load,
@@ -138,6 +139,19 @@ def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, res
     return engine
 
 
+def draft_model_spec(name: str, random: bool = False) -> ModelSpec:
+    """technique.spec_draft_model: the ModelSpec of conf/model/<name>.yaml, resolved like the target's; with
+    random weights (of its architecture) when the target has random weights."""
+    path = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"technique.spec_draft_model='{name}' is not a model config; choose one of: {', '.join(choices)}")
+    m: ModelConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
+    spec, _ = model_spec(m.name, "random" if random else m.source.value, m.dtype.value, local_path=m.local_path, hub_id=m.hub_id,
+                         architecture=m.architecture, seed=m.seed)  # fmt: skip
+    return spec
+
+
 def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, Any]) -> None:
     """Fill `result` in place, so whatever was learned before a failure is still recorded."""
     m = config.model
@@ -149,6 +163,10 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
     result["model"] = {"name": m.name, "source_kind": kind, "path": spec.path, "dtype": dtype,
                        "dtype_requested": m.dtype.value, "dtype_reason": dtype_reason,
                        "gguf_path": spec.gguf_path, "random_weights": spec.is_random}  # fmt: skip
+    draft = config.technique.spec_draft_model
+    if config.technique.spec is Spec.draft and draft is not None and draft != m.name:
+        spec = replace(spec, draft=draft_model_spec(draft, random=spec.is_random))
+        result["model"]["draft"] = {"name": draft, "path": spec.draft.path, "random_weights": spec.draft.is_random}
     engine = open_engine(config, spec, device, out_dir, result)
     try:
         vocab_size, special = vocabulary(spec)
@@ -159,6 +177,8 @@ def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, A
         if slo is not None:
             result["serving"] = serving_block(config.scenario, measurement.schedules or [])
         result["ci95"] = repeat_cis(per_repeat)
+        result["cost"] = hardware.cost_block(config.hardware, device, result["metrics"], result["ci95"])
+        result["energy"] = measurement.energy
         result["repeats"] = [{k: v for k, v in m.items() if not isinstance(v, dict)} for m in per_repeat]
         result["workload"] = {"repeats": [w.describe() for w in measurement.workloads]}
         result["requests"] = per_request_rows(measurement.runs)
@@ -192,13 +212,18 @@ def run_cell(cfg: DictConfig, out_dir: Path, sweep_dir: Path, sweep_id: str, job
         return finish(cfg, result, out_dir, sweep_dir, store)
     result["hardware"] = hardware_fingerprint(device)
     result["hardware_id"] = record.hardware_id(result["hardware"])
+    result["hardware_config"] = hardware.describe(config.hardware)  # the option asked for, beside what was measured
+    result["slurm"] = hardware.slurm_job()
     with record.cell_lock(store, chash):
         if config.reuse is not Reuse.never:
             code = result["code_version"] if config.reuse is Reuse.same_code else None
             if done := record.reusable(store / record.TABLE_NAME, chash, result["hardware_id"], code):
                 print(f"[infermatrix] {done['cell']}: already measured ({done['result_path']}, code "
                       f"{done.get('code_version')}); reuse=never measures it again")  # fmt: skip
-                reused = {**done, "reused": True, "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir)}
+                # this very job folder measured it (a requeued or rerun task): its row stays a measured row
+                again = done.get("job_dir") == str(out_dir)
+                reused = {**done, "reused": not again, "sweep_id": sweep_id, "job_num": job_num, "job_dir": str(out_dir)}
+                reused = hardware.reprice(reused, config.hardware, device)  # at the price asked for now
                 record.replace_row(sweep_dir / record.TABLE_NAME, reused)
                 return reused
         try:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from engines.base import Arrivals, Engine, Request, RequestOutput
 from harness.arrivals import arrival_offsets, describe_schedule
 from harness.config import ScenarioConfig, ScenarioName, WorkloadConfig
+from harness.energy import EnergyMeter
 from harness.metrics import run_duration
 from harness.workload import Workload, requests, synthesize
 
@@ -28,6 +29,7 @@ class Measurement:
     runs: list[list[RequestOutput]]  # one list of outputs per measured repeat (serving: its measured window)
     workloads: list[Workload]
     memory: dict
+    energy: dict  # joules over the measured repeats (harness/energy.py), or why none was readable
     schedules: list[dict] | None = None  # serving: each repeat's arrival schedule (hash, span, realised rate)
 
 
@@ -90,7 +92,7 @@ def measure(
     schedules.clear()  # only the measured repeats' schedules are recorded
     runs, workloads = [], []
     measured_s = 0.0
-    with engine.memory_monitor(device) as memory:
+    with engine.memory_monitor(device) as memory, EnergyMeter(device) as energy:
         while len(runs) < scenario.repeats or measured_s < scenario.min_duration_s:
             r = len(runs)
             label = f"measure {r + 1}/{scenario.repeats}"
@@ -100,4 +102,6 @@ def measure(
             runs.append(outputs)
             workloads.append(workload)
             measured_s += run_duration(outputs)  # the durations throughput divides by
-    return Measurement(runs=runs, workloads=workloads, memory=memory.result(), schedules=schedules if serving else None)
+    generated = sum(sum(w.generated_lens) for w in workloads)  # every token made in the span, warm-up requests of a serving run too
+    return Measurement(runs=runs, workloads=workloads, memory=memory.result(), energy=energy.result(generated),
+                       schedules=schedules if serving else None)  # fmt: skip

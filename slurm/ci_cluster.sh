@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")"
 say() { echo "ci_cluster: $*"; }
 log=${TMPDIR:-/tmp}/infermatrix-ci-cluster.log
-idle() { timeout 10 sinfo -h -o %T 2>/dev/null | grep -q idle; }
+idle() { timeout 10 sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mix|alloc'; }  # up: free, or busy with jobs
 # accounting answers too: submitit and the tests poll sacct, which fails when mariadbd or slurmdbd is gone
 accounting() { timeout 10 sacctmgr -n list cluster >/dev/null 2>&1; }
 

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from harness.config import Config, register
 from harness.report import load_results
+from slurm_cluster import needs_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "slurm" / "sweep.sbatch"
@@ -28,8 +29,10 @@ def test_the_slurm_launcher_composes_into_submitit_settings():
         HydraConfig.instance().set_config(cfg)
         launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
 
-    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher["partition"], launcher["cpus_per_task"], launcher["gpus_per_node"]) == ("gpu", 8, 1)
+    assert launcher["_target_"] == "hydra_plugins.infermatrix_launcher.slurm_launcher.SlurmLauncher"
+    # the request comes from the default hardware option (cpu: no GPU, what a small node has)
+    assert (launcher["partition"], launcher["cpus_per_task"], launcher["gpus_per_node"]) == ("gpu", 2, 0)
+    assert launcher["max_num_timeout"] >= 1 and launcher["additional_parameters"] == {"requeue": True}
     # the plugin resolves setup lines a second time: one holding "${" would fail there
     [setup] = launcher["setup"]
     assert setup == 'if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi'
@@ -41,7 +44,8 @@ def fake_infermatrix(tmp_path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "infermatrix"
-    script.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\necho "OMP_NUM_THREADS=$OMP_NUM_THREADS"\n')
+    script.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\necho "OMP_NUM_THREADS=$OMP_NUM_THREADS"\n'
+                      'echo "INFERMATRIX_JOB_NUM=$INFERMATRIX_JOB_NUM"\n')
     script.chmod(0o755)
     return bin_dir
 
@@ -50,7 +54,8 @@ def run_task(cells: Path, task: int, bin_dir: Path, *extra: str) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMP_NUM_THREADS"))}
     env.update(PATH=f"{bin_dir}:{env['PATH']}", SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_JOB_ID="4242",
                SLURM_CPUS_PER_TASK="6")  # fmt: skip
-    return subprocess.run(["bash", str(SBATCH), str(cells), *extra], env=env, capture_output=True, text=True)
+    return subprocess.run(["bash", str(SBATCH), str(cells), *extra], env=env, capture_output=True, text=True,
+                          cwd=cells.parent)  # fmt: skip
 
 
 def test_each_array_task_runs_its_own_line_in_the_shared_sweep_folder(tmp_path, fake_infermatrix):
@@ -61,10 +66,32 @@ def test_each_array_task_runs_its_own_line_in_the_shared_sweep_folder(tmp_path, 
     done = run_task(cells, 2, fake_infermatrix, "tracker.mode=offline")
 
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
+    # the job's own output only points at the task's log, in the sweep folder
+    assert done.stdout == "sweep.sbatch: task 2 logs to multirun/slurm-4242/logs/task-2.log\n"
+    log = (tmp_path / "multirun" / "slurm-4242" / "logs" / "task-2.log").read_text().splitlines()
+    assert log[0].startswith("sweep.sbatch: task 2 (job ") and log[0].endswith("engine=own technique.kv_cache=paged tracker.mode=offline")
+    assert log[1:] == [
         "-m", "hydra.sweep.dir=multirun/slurm-4242", "hydra.sweep.subdir=2",
         "engine=own", "technique.kv_cache=paged", "tracker.mode=offline", "OMP_NUM_THREADS=6",
+        "INFERMATRIX_JOB_NUM=2",  # the row's job_num: the task's index, not job 0 of a one-cell sweep
     ]  # fmt: skip
+
+
+def test_a_task_run_again_appends_to_its_log(tmp_path, fake_infermatrix):
+    cells = tmp_path / "cells.txt"
+    cells.write_text("engine=hf\n")
+    for _ in range(2):  # a requeued task starts the script again
+        assert run_task(cells, 1, fake_infermatrix).returncode == 0
+    log = (tmp_path / "multirun" / "slurm-4242" / "logs" / "task-1.log").read_text()
+    assert log.count("sweep.sbatch: task 1 (job ") == 2
+
+
+def test_sweep_sbatch_requeues_itself_on_usr2_and_fits_a_cpu_node():
+    text = SBATCH.read_text()
+    for directive in ("--requeue", "--signal=B:USR2@120", "--open-mode=append", "--cpus-per-task=2", "--mem=8G"):
+        assert f"#SBATCH {directive}\n" in text
+    assert "#SBATCH --gres" not in text  # a GPU is asked for on the command line, where there is one
+    assert "trap requeue USR2" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
 
 
 def test_a_task_beyond_the_cells_file_fails_with_a_message(tmp_path, fake_infermatrix):
@@ -83,16 +110,8 @@ def test_sweep_sbatch_time_limit_lets_the_default_cell_timeout_fire_first():
     assert (h * 3600 + m * 60 + s) - Config().cell_timeout_s >= 300
 
 
-def slurm_node_idle() -> bool:
-    try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "idle" in done.stdout
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not slurm_node_idle(), reason="no idle SLURM node (slurm/local_cluster.sh starts one)")
+@needs_slurm
 def test_a_real_array_job_measures_every_cell_into_one_table(tmp_path):
     cells = tmp_path / "cells.txt"
     cells.write_text("engine=hf technique.kv_cache=none\nengine=hf technique.kv_cache=contiguous\n")

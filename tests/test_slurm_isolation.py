@@ -2,17 +2,15 @@
 hangs inside a submitit job is recorded like any other and the launcher reaches the sweep
 summary; two SLURM jobs running the same cell at once measure it only once.
 
-The real-cluster tests need an idle SLURM node (slurm/local_cluster.sh, or slurm/ci_cluster.sh in
+The real-cluster tests need a SLURM node that is up (slurm/local_cluster.sh, or slurm/ci_cluster.sh in
 CI, starts one) and skip without it; the submitit_local one needs no cluster."""
 
 from __future__ import annotations
 
 import fcntl
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from omegaconf import OmegaConf
 from harness import record
 from harness.config import register
 from harness.runner import semantic_config
+from slurm_cluster import job_env, needs_slurm, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "slurm" / "sweep.sbatch"
@@ -32,29 +31,10 @@ CPU_LAUNCHER = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=
                 "hydra.launcher.timeout_min=10", "hydra.launcher.array_parallelism=2"]  # fmt: skip
 
 
-def slurm_node_idle() -> bool:
-    try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "idle" in done.stdout
-
-
-needs_slurm = pytest.mark.skipif(not slurm_node_idle(), reason="no idle SLURM node (slurm/local_cluster.sh starts one)")
-
-
-def job_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The environment jobs inherit: this interpreter's bin first, this checkout importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT), WANDB_SILENT="true",
-               **extra)  # fmt: skip
-    return env
-
-
 def fault_sweep(tmp_path: Path, *launcher: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "harness.cli", "-m", *launcher, "engine=fault", "engine.fault=none,segfault,hang",
            "cell_timeout_s=20", *TINY, f"store={tmp_path / 'store'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=job_env(tmp_path))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=job_env())
 
 
 def check_every_cell_recorded(tmp_path: Path, proc: subprocess.CompletedProcess) -> None:
@@ -99,14 +79,6 @@ def config_hash(overrides: list[str]) -> str:
     return record.config_hash(semantic_config(resolved))  # the runner's own rule, not a copy of it
 
 
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout_s:g} s for {what}")
-        time.sleep(0.5)
-
-
 @pytest.mark.slow
 @needs_slurm
 def test_two_jobs_running_the_same_cell_at_once_measure_it_once(tmp_path):
@@ -116,7 +88,7 @@ def test_two_jobs_running_the_same_cell_at_once_measure_it_once(tmp_path):
     chash = config_hash([*cell, *extra])
     cells = tmp_path / "cells.txt"
     cells.write_text(" ".join(cell) + "\n" + " ".join(cell) + "\n")  # the same cell twice
-    outs = [tmp_path / f"task-{i}.out" for i in (1, 2)]
+    outs = [tmp_path / "sweep" / "logs" / f"task-{i}.log" for i in (1, 2)]  # sweep.sbatch's task logs
 
     # Hold the cell's lock while both array tasks start, so they surely overlap: each must wait.
     lock_path = store / "locks" / f"{chash}.lock"
@@ -128,7 +100,7 @@ def test_two_jobs_running_the_same_cell_at_once_measure_it_once(tmp_path):
         submit = ["sbatch", "--parsable", "--wait", "--array=1-2", "--gres=none", "--cpus-per-task=1",
                   "--mem=2G", "--time=10", f"--output={tmp_path}/task-%a.out", str(SBATCH), str(cells),
                   *extra]  # fmt: skip
-        env = job_env(tmp_path, INFERMATRIX_SWEEP_DIR=str(tmp_path / "sweep"))
+        env = job_env(INFERMATRIX_SWEEP_DIR=str(tmp_path / "sweep"))
         sbatch = subprocess.Popen(submit, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             waiting = f"waiting: the test is measuring this cell ({chash})"
@@ -144,11 +116,11 @@ def test_two_jobs_running_the_same_cell_at_once_measure_it_once(tmp_path):
     assert sum("already measured" in t for t in texts) == 1, texts
     stored = list(record.read_rows(store / record.TABLE_NAME))
     assert [(r["config_hash"], r["status"]) for r in stored] == [(chash, "ok")]
-    measured = [Path(o.parent, "sweep", str(i), "result.json") for i, o in zip((1, 2), outs)]
+    measured = [tmp_path / "sweep" / str(i) / "result.json" for i in (1, 2)]
     assert [p.is_file() for p in measured].count(True) == 1
     assert stored[0]["result_path"] == str(next(p for p in measured if p.is_file()))
     # the array's shared table has both tasks: the measured row and the reused one
     rows = list(record.read_rows(tmp_path / "sweep" / record.TABLE_NAME))
-    # (every task of a sweep.sbatch array is job 0 of its own `-m` run: rows keyed by job_num replace each other)
+    assert sorted(r["job_num"] for r in rows) == [1, 2]  # each row carries its array task's index
     assert sorted(bool(r.get("reused")) for r in rows) == [False, True], rows
     assert {r["config_hash"] for r in rows} == {chash}

@@ -27,3 +27,8 @@ class FaultOptions(EngineOptions):
     name: str = "fault"
     fault: Fault = Fault.none
     fault_at: FaultAt = FaultAt.generate
+    token_delay_s: float = 0.0  # sleep before each token: a slow cell of known length (cluster tests)
+
+    def __post_init__(self) -> None:
+        if self.token_delay_s < 0:
+            raise ValueError(f"engine.token_delay_s must be >= 0, got {self.token_delay_s}")

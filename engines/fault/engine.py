@@ -59,6 +59,7 @@ class FaultEngine(Engine):
 
     def __init__(self, model: ModelSpec, technique: Technique, options: FaultOptions, device: str) -> None:
         self.fault = Fault(options.fault)
+        self.token_delay_s = options.token_delay_s
         self.vocab_size = int((model.random_config or {}).get("vocab_size", 1 << 31))
         if FaultAt(options.fault_at) is FaultAt.init:
             trigger(self.fault)
@@ -69,12 +70,17 @@ class FaultEngine(Engine):
         outputs = reject_bad(requests, arrival, lambda r: request_error(r, self.vocab_size, None))
         for index, request in enumerate(requests):
             if outputs[index] is None:
-                times = [now() for _ in range(request.sampling.max_tokens)]
+                times = [self.next_token_time() for _ in range(request.sampling.max_tokens)]
                 outputs[index] = RequestOutput(request.request_id, len(request.prompt_token_ids), [0] * len(times),
                                                times, arrival, "length")  # fmt: skip
             if progress:
                 progress(1)
         return outputs  # type: ignore[return-value]
+
+    def next_token_time(self) -> float:
+        if self.token_delay_s:
+            time.sleep(self.token_delay_s)
+        return now()
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[ScoredSequence]:
         trigger(self.fault)

@@ -120,16 +120,26 @@ class BlockManager:
     def free(self, seq: Sequence) -> None:
         """Drop `seq`'s references (in reverse, so a chain's tail is evicted before its head)."""
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count > 0:
-                continue
-            if block.block_hash is not None:
-                self.cached_free[block_id] = None
-            else:
-                self.free_ids.append(block_id)
+            self._release(block_id)
         seq.block_table.clear()
         seq.block_hashes.clear()
+
+    def release_tail(self, seq: Sequence) -> None:
+        """Free the blocks past those `seq`'s tokens occupy: lookahead slots for rejected speculative tokens."""
+        keep = self.blocks_needed(seq.num_tokens)
+        while len(seq.block_table) > keep:
+            self._release(seq.block_table.pop())
+        del seq.block_hashes[keep:]
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        if block.ref_count > 0:
+            return
+        if block.block_hash is not None:
+            self.cached_free[block_id] = None
+        else:
+            self.free_ids.append(block_id)
 
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0

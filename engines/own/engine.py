@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,7 @@ from engines.base import (
     Request,
     RequestOutput,
     ScoredSequence,
+    Spec,
     Technique,
     UnsupportedTechnique,
     eos_token_ids,
@@ -31,7 +33,6 @@ from engines.own.kv_pool import (
     gpu_kv_budget,
     kv_bytes_per_token,
     max_concurrent_sequences,
-    num_blocks_for_budget,
     profile_step_memory,
 )
 from engines.own.llm_engine import CoreConfig, LLMEngine
@@ -41,6 +42,7 @@ from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.scheduler import SchedulerConfig
 from engines.own.scoring import score_sequences
+from engines.own.speculative.setup import build_speculator, load_spec_draft, resolve_spec_options
 from engines.own.technique_setup import apply_graphs, check_device_support
 from engines.validation import check_arrivals
 
@@ -54,6 +56,7 @@ class OwnEngine(Engine):
         "prefix_cache": (True, False),
         "attention": (Attention.torch, Attention.sdpa, Attention.triton),
         "graphs": (Graphs.eager, Graphs.cuda_graphs),
+        "spec": (Spec.none, Spec.draft, Spec.ngram, Spec.early_exit),
     }
     defaults: ClassVar[dict[str, Any]] = {
         "kv_cache": KVCache.paged,
@@ -62,6 +65,7 @@ class OwnEngine(Engine):
         "prefix_cache": True,
         "attention": Attention.sdpa,
         "graphs": Graphs.eager,
+        "spec": Spec.none,
     }
 
     # CUDA: Triton kernels read the paged cache in place and decode steps replay as CUDA graphs
@@ -76,7 +80,7 @@ class OwnEngine(Engine):
         """Base resolution, except that defaults which need paged KV turn off when the KV mode cannot
         honour them (asking for them explicitly is still an error)."""
         kv = requested.kv_cache or cls.device_defaults(device)["kv_cache"]
-        adjusted = Technique(**{f: getattr(requested, f) for f in requested.__dataclass_fields__})
+        adjusted = replace(requested)
         if kv != KVCache.paged and requested.prefix_cache is None:
             adjusted.prefix_cache = False
         if kv == KVCache.none and requested.chunked_prefill is None:
@@ -86,6 +90,10 @@ class OwnEngine(Engine):
             raise UnsupportedTechnique(f"engine 'own': prefix_cache needs kv_cache=paged, not {resolved.kv_cache.value}")
         if resolved.chunked_prefill and resolved.kv_cache == KVCache.none:
             raise UnsupportedTechnique("engine 'own': chunked_prefill needs a KV cache (kv_cache=none recomputes all)")
+        if resolved.spec != Spec.none and resolved.kv_cache != KVCache.paged:
+            raise UnsupportedTechnique(f"engine 'own': spec={resolved.spec.value} needs kv_cache=paged (rejected "
+                                       f"drafts are rolled back block by block), not {resolved.kv_cache.value}")  # fmt: skip
+        resolve_spec_options(resolved)
         return resolved
 
     def __init__(self, model: ModelSpec, technique: Technique, options: OwnOptions, device: str) -> None:
@@ -102,15 +110,19 @@ class OwnEngine(Engine):
             raise UnsupportedTechnique(f"engine 'own': attention={technique.attention.value}: {exc}") from exc
         dtype = torch_dtype(model.dtype)
         self.max_model_len = checked_max_model_len(options.max_model_len, config.max_position)
+        draft, draft_dtype = load_spec_draft(technique, model, self.device, self.max_model_len, config.vocab_size)
         self.kv_bytes_per_token = kv_bytes_per_token(config, dtype)
+        # a draft model's KV pool has as many blocks as the target's: the budget pays for both
+        draft_kv = kv_bytes_per_token(draft.config, torch_dtype(draft_dtype)) if draft is not None else 0
         self.memory_plan: dict[str, int] = {}  # CUDA: what the KV budget was sized from
         if options.kv_cache_bytes:
             budget = options.kv_cache_bytes
         elif self.device.type == "cuda":
-            budget = self._profiled_gpu_budget(attention, options)
-        else:
+            budget = self._profiled_gpu_budget(attention, options)  # weights resident now include a draft's
+        else:  # enough for max_num_seqs full-length target sequences, and the draft's KV beside them
             budget = default_kv_budget(config, dtype, options.max_num_seqs * self.max_model_len)
-        num_blocks = num_blocks_for_budget(budget, config, dtype, options.block_size)
+            budget = budget * (self.kv_bytes_per_token + draft_kv) // self.kv_bytes_per_token
+        num_blocks = budget // ((self.kv_bytes_per_token + draft_kv) * options.block_size)
         if num_blocks < 1:
             raise ValueError(f"KV budget of {budget} bytes holds no block of {options.block_size} tokens")
         self.model.bind(attention, allocate_kv_caches(config, num_blocks, options.block_size, dtype, self.device),
@@ -124,6 +136,7 @@ class OwnEngine(Engine):
             static_batching=technique.batching == Batching.static,
             static_batch_size=options.batch_size,
             recompute_every_step=technique.kv_cache == KVCache.none,
+            lookahead_slots=technique.spec_k or 0,
         )
         self.llm = LLMEngine(
             self.runner,
@@ -138,6 +151,7 @@ class OwnEngine(Engine):
                 eos_token_ids=eos_token_ids(hf_config.get("eos_token_id"), model.path),
                 kv_bytes_per_token=self.kv_bytes_per_token,
             ),
+            build_speculator(technique, self.runner, draft, torch_dtype(draft_dtype), num_blocks, self.max_model_len),
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

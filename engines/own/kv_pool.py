@@ -54,10 +54,6 @@ def profile_step_memory(model: CausalLM, num_tokens: int, max_model_len: int, nu
     return next_block * block_size * kv_bytes_per_token(model.config, model.embed.dtype)
 
 
-def num_blocks_for_budget(budget_bytes: int, config: ModelConfig, dtype: torch.dtype, block_size: int) -> int:
-    return budget_bytes // (kv_bytes_per_token(config, dtype) * block_size)
-
-
 def allocate_kv_caches(
     config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -19,7 +19,8 @@ from engines.own.block_manager import BlockManager
 from engines.own.contiguous_allocator import ContiguousAllocator
 from engines.own.model_runner import ModelRunner
 from engines.own.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from engines.own.sequence import Sequence
+from engines.own.sequence import Sequence, Status
+from engines.own.speculative.runner import SpecRunner
 from engines.validation import output_id, prompt_len, request_error
 
 
@@ -49,8 +50,9 @@ class StepCounters:
 
 
 class LLMEngine:
-    def __init__(self, runner: ModelRunner, config: CoreConfig) -> None:
+    def __init__(self, runner: ModelRunner, config: CoreConfig, speculator: SpecRunner | None = None) -> None:
         self.runner = runner
+        self.speculator = speculator  # speculative decoding: runs each step in place of runner.execute
         self.config = config
         if config.kv_cache == "contiguous":
             self.kv = ContiguousAllocator(config.num_blocks, config.block_size, config.max_model_len)
@@ -106,21 +108,34 @@ class LLMEngine:
         if not batch.seqs:
             return finished + self._fail_unschedulable()
         self._count(batch)
-        sampled, token_ids = self.runner.execute(batch)
-        stamp = now()  # the sampled ids are on the host now
+        sampled, new_tokens = self._run(batch)
+        stamp = now()  # the sampled ids are on the host now: tokens of one step are one event
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += num_new
+        for seq, tokens in zip(sampled, new_tokens):
+            seq.num_computed_tokens += len(tokens) - 1  # accepted drafts: their KV was written when verified
+            for token in tokens:
+                seq.token_ids.append(token)
+                seq.token_times.append(stamp)
+                self.counters.generated_tokens += 1
+                reason = self._finish_reason(seq, token)
+                if reason is not None:
+                    seq.finish(reason)
+                    finished.append(seq)
+                    break
+            if self.speculator is not None and seq.status is not Status.FINISHED:
+                self.kv.release_tail(seq)  # lookahead blocks of rejected drafts
+        for seq in batch.seqs:
             self.kv.register_computed_blocks(seq)
-        for seq, token in zip(sampled, token_ids):
-            seq.token_ids.append(token)
-            seq.token_times.append(stamp)
-            reason = self._finish_reason(seq, token)
-            if reason is not None:
-                seq.finish(reason)
-                finished.append(seq)
-        self.counters.generated_tokens += len(sampled)
         self.scheduler.finish_step(batch)
         return finished
+
+    def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[list[int]]]:
+        """The model step: the sequences that got new tokens, and those tokens (several with speculation)."""
+        if self.speculator is not None:
+            return self.speculator.execute(batch)
+        sampled, token_ids = self.runner.execute(batch)
+        return sampled, [[token] for token in token_ids]
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.sampling
@@ -253,6 +268,7 @@ class LLMEngine:
             "kv_waste_pct": 100.0 * (1 - c.real_token_steps / allocated) if allocated else 0.0,
             "prefix_cache_hit_rate": self.kv.hit_rate(),
             "prefix_cache_hit_tokens": self.kv.hits,
+            **({"speculation": self.speculator.stats.as_dict()} if self.speculator is not None else {}),
             **self._serve_stats(),
         }
 

@@ -6,6 +6,8 @@ All math follows HF's Llama: RMSNorm in float32, rotate-half RoPE, SwiGLU, resid
 
 from __future__ import annotations
 
+from itertools import islice
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,12 +98,15 @@ class CausalLM(nn.Module):
         meta.backend_state = self.attention.prepare(meta, self.block_size)
         return self.forward_prepared(input_ids, positions, meta)
 
-    def forward_prepared(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:
-        """The layers alone (metadata already prepared): the part a CUDA graph captures."""
+    def forward_prepared(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata, num_layers: int | None = None
+    ) -> torch.Tensor:
+        """The layers alone (metadata already prepared): the part a CUDA graph captures.
+        `num_layers` runs only the first layers before the final norm (the early-exit self-draft)."""
         hidden = F.embedding(input_ids, self.embed)
         dtype = hidden.dtype
         cos, sin = self.rope_cos[positions].to(dtype), self.rope_sin_signed[positions].to(dtype)
-        for layer, kv_cache in zip(self.layers, self.kv_caches):
+        for layer, kv_cache in islice(zip(self.layers, self.kv_caches), num_layers):
             hidden = layer(hidden, cos, sin, kv_cache, meta, self.attention)
         return rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
 

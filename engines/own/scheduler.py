@@ -36,6 +36,7 @@ class SchedulerConfig:
     static_batching: bool
     static_batch_size: int | None  # static: requests per batch (None = max_num_seqs)
     recompute_every_step: bool  # kv_cache == none
+    lookahead_slots: int = 0  # speculative decoding: extra slots a decoding sequence gets for its drafts
 
 
 class Scheduler:
@@ -70,6 +71,15 @@ class Scheduler:
             return budget
         return remaining if step_is_empty else 0  # an unchunked prompt over budget runs alone
 
+    def _lookahead(self, seq: Sequence, num_new: int) -> int:
+        """Speculative slots for a decoding sequence's drafts (they count against the token budget too)."""
+        decoding = num_new == 1 == seq.num_tokens - seq.num_computed_tokens and seq.num_generated > 0
+        return self.config.lookahead_slots if decoding else 0
+
+    def _allocate(self, seq: Sequence, num_tokens: int, extra: int) -> bool:
+        """Blocks for `num_tokens`, plus `extra` lookahead slots when they fit."""
+        return bool(extra) and self.kv.allocate(seq, num_tokens + extra) or self.kv.allocate(seq, num_tokens)
+
     def _preempt(self, seq: Sequence) -> None:
         self.kv.free(seq)
         seq.num_computed_tokens = 0
@@ -96,7 +106,8 @@ class Scheduler:
             if num_new == 0:
                 i += 1
                 continue
-            while not self.kv.allocate(seq, seq.num_computed_tokens + num_new):
+            extra = self._lookahead(seq, num_new)
+            while not self._allocate(seq, seq.num_computed_tokens + num_new, extra):
                 victim = self.running.pop()
                 self._preempt(victim)
                 batch.num_preempted += 1
@@ -106,7 +117,7 @@ class Scheduler:
                 break
             batch.seqs.append(seq)
             batch.num_new_tokens.append(num_new)
-            budget -= num_new
+            budget -= num_new + extra
             i += 1
         if batch.num_preempted == 0:
             self._admit_waiting(batch, budget)
