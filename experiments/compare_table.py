@@ -6,6 +6,7 @@ output tok/s, its 95% interval, the load average and threads, then own's ratio t
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -21,13 +22,14 @@ def cells(store: Path) -> list[dict]:
     rows = []
     for row in map(flatten, read_rows(store / "results.jsonl" if store.is_dir() else store)):
         found = re.search(r"round(\d+)", str(row.get("result_path", "")))
+        result = json.loads(Path(row["result_path"]).read_text()) if Path(str(row.get("result_path"))).is_file() else {}
         rows.append({
-            "round": int(found.group(1)) if found else 0, "dtype": row.get("model_dtype"),
+            "round": int(found.group(1)) if found else 0, "dtype": (result.get("model") or {}).get("dtype", "?"),
             "workload": WORKLOADS.get(row.get("workload"), row.get("workload")), "engine": row.get("engine"),
             "status": row.get("status"), "reason": row.get("reason"), "tps": row.get("output_throughput_tok_s"),
             "low": row.get("ci95.output_throughput_tok_s.low"), "high": row.get("ci95.output_throughput_tok_s.high"),
             "n": row.get("ci95.output_throughput_tok_s.n"), "load": row.get("load_avg_1m"),
-            "threads": row.get("threads"), "finished": str(row.get("finished_at", ""))[11:19],
+            "threads": (result.get("threads") or {}).get("torch_threads"), "finished": str(row.get("finished_at", ""))[11:19],
         })  # fmt: skip
     return rows
 
