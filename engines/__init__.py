@@ -47,4 +47,4 @@ def create_engine(
     cls = engine_class(name)
     if isinstance(options, dict):
         options = options_class(name)(**options)
-    return cls(model, cls.resolve_technique(technique), options, device)
+    return cls(model, cls.resolve_technique(technique, device), options, device)

@@ -266,15 +266,22 @@ class Engine(ABC):
     defaults: ClassVar[dict[str, Any]]  # technique field -> value used when None
 
     @classmethod
-    def resolve_technique(cls, requested: Technique) -> Technique:
-        """Fill defaults; raise UnsupportedTechnique naming every value not honoured."""
+    def device_defaults(cls, device: str) -> dict[str, Any]:
+        """The defaults on `device` ("cpu", "cuda", "cuda:1"...); engines whose best choice differs by device
+        override this."""
+        return cls.defaults
+
+    @classmethod
+    def resolve_technique(cls, requested: Technique, device: str = "cpu") -> Technique:
+        """Fill the device's defaults; raise UnsupportedTechnique naming every value not honoured."""
+        defaults = cls.device_defaults(device)
         applied, problems = {}, []
         for f in fields(Technique):
             if f.name in Technique.OPTIONS:
                 continue
             value = getattr(requested, f.name)
             if value is None:
-                value = cls.defaults.get(f.name)
+                value = defaults.get(f.name)
             honoured = cls.supports.get(f.name, Technique.UNIVERSAL.get(f.name, ()))
             if value is not None and value not in honoured:
                 shown = ", ".join(str(getattr(v, "value", v)) for v in honoured) or "none"

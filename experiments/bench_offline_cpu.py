@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from engines import create_engine  # noqa: E402
-from engines.base import ModelSpec, Request, Technique  # noqa: E402
+from engines.base import Attention, ModelSpec, Request, Technique  # noqa: E402
 from engines.own.kv_pool import max_concurrent_sequences  # noqa: E402
 from harness.config import LengthDist, Lengths, WorkloadConfig  # noqa: E402
 from harness.models import embedded_model_dir  # noqa: E402
@@ -85,21 +85,24 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--kv-gib", type=float, default=2.0)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--attention", default=None, help="own's technique.attention (default: the engine's)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}  threads={torch.get_num_threads()}  "
+    print(f"torch {torch.__version__}  threads={torch.get_num_threads()}  dtype={args.dtype}  "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}  cpus={os.cpu_count()}  "
           f"load avg={os.getloadavg()}")  # fmt: skip
     model_dir = str(embedded_model_dir())
-    spec = ModelSpec("SmolLM2-135M-Instruct", model_dir, dtype="float32")
+    spec = ModelSpec("SmolLM2-135M-Instruct", model_dir, dtype=args.dtype)
     requests = workload(spec, args.requests, args.seed, tuple(args.prompt), tuple(args.output))
     print(f"workload: {len(requests)} requests, prompt {args.prompt[0]}-{args.prompt[1]}, "
           f"output {args.output[0]}-{args.output[1]} tokens, ignore_eos, seed {args.seed}")  # fmt: skip
     budget = int(args.kv_gib * 2**30)
     own_options = dict(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                 kv_cache_bytes=budget)  # fmt: skip
-    own = create_engine("own", spec, Technique(), own_options, "cpu")
+    own_technique = Technique(attention=Attention(args.attention)) if args.attention else Technique()
+    own = create_engine("own", spec, own_technique, own_options, "cpu")
     print(f"own technique: {own.technique}")
     own_result = run("own", own, requests)
     stats = own.stats()

@@ -40,6 +40,7 @@ class ModelSource(str, enum.Enum):
 
 
 class DType(str, enum.Enum):
+    auto = "auto"  # bfloat16 where the device computes it natively, else float32 (CPU) / float16 (old GPUs)
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"

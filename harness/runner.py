@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engines import ENGINES, engine_class, options_class
 from engines.base import Engine, ModelSpec, Spec, UnsupportedTechnique
+from engines.dtypes import resolve_dtype
 from engines.environment import code_version, hardware_fingerprint, resolve_device
 from engines.worker import start_engine
 from harness import hardware, record
@@ -128,7 +129,7 @@ def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, res
     if config.scenario.name is ScenarioName.serving and cls.serve is Engine.serve:
         # checked before the model loads; the base method would raise this same error after it
         raise UnsupportedTechnique(f"engine '{config.engine.name}' has no serving loop (scenario=serving needs one)")
-    technique = cls.resolve_technique(config.technique)
+    technique = cls.resolve_technique(config.technique, device)
     result["technique_applied"] = {k: getattr(v, "value", v) for k, v in asdict(technique).items()}
     args = (ENGINES[config.engine.name][1], spec, technique, config.engine, device, config.threads)
     if config.isolation is Isolation.process:
@@ -156,11 +157,13 @@ def draft_model_spec(name: str, random: bool = False) -> ModelSpec:
 def measure_cell(config: Config, device: str, out_dir: Path, result: dict[str, Any]) -> None:
     """Fill `result` in place, so whatever was learned before a failure is still recorded."""
     m = config.model
+    dtype, dtype_reason = resolve_dtype(m.dtype.value, device)
     spec, kind = model_spec(
-        m.name, m.source.value, m.dtype.value, local_path=m.local_path, hub_id=m.hub_id,
+        m.name, m.source.value, dtype, local_path=m.local_path, hub_id=m.hub_id,
         architecture=m.architecture, seed=m.seed,
     )  # fmt: skip
-    result["model"] = {"name": m.name, "source_kind": kind, "path": spec.path, "dtype": m.dtype.value,
+    result["model"] = {"name": m.name, "source_kind": kind, "path": spec.path, "dtype": dtype,
+                       "dtype_requested": m.dtype.value, "dtype_reason": dtype_reason,
                        "gguf_path": spec.gguf_path, "random_weights": spec.is_random}  # fmt: skip
     draft = config.technique.spec_draft_model
     if config.technique.spec is Spec.draft and draft is not None and draft != m.name:

@@ -6,7 +6,8 @@
   95 ms with 4-D inputs and 827 ms with 3-D ones (the unfused math fallback). Decode of 8 rows over 400 keys:
   0.85 ms in SDPA vs 5.4 ms as matmuls (small strided batched matmuls).
 - triton: the kernels helper's functions (`engines/own/kernels`), decode and prefill parts apart.
-- flash_attn: the flash-attn package's varlen kernel over gathered K/V (CUDA only).
+- flash_attn is not offered: its varlen kernel over gathered K/V copied every context each layer, and its
+  paged form wants blocks of 256 tokens; triton reads our paged cache in place.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class KernelAttention:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-DECODE_BUCKET = 8  # decodes run in groups of similar context length, so little padding is gathered
+# Decodes run in groups of similar context length: one gather + SDPA call per group and layer, each padded to
+# its longest context. A group grows (shortest first) while its padding stays under this share of what it reads.
+DECODE_PADDING = 0.2
 
 
 @dataclass(slots=True)
@@ -62,19 +65,27 @@ class GatherPlan:
     prefill_masks: list[torch.Tensor | None]  # per sequence [q_len, ctx] bool; None = plain causal
 
 
-def _table_slots(tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
-    positions = torch.arange(length, device=tables.device)
-    blocks = tables[..., positions // block_size].long().clamp_min(0)
-    return blocks * block_size + positions % block_size
+def decode_row_groups(lens: list[int], block_size: int) -> list[list[int]]:
+    """Decode rows grouped by context length (shortest first). A group gathers every row's blocks up to its
+    longest context; at most DECODE_PADDING of that is beyond what the rows' own blocks hold."""
+    groups: list[list[int]] = []
+    own_blocks = 0  # blocks the rows of the last group hold
+    for row in sorted(range(len(lens)), key=lens.__getitem__):
+        blocks = -(-lens[row] // block_size)  # rows come shortest first: this one is the group's longest
+        if groups and blocks * (len(groups[-1]) + 1) * (1 - DECODE_PADDING) <= own_blocks + blocks:
+            groups[-1].append(row)
+            own_blocks += blocks
+        else:
+            groups.append([row])
+            own_blocks = blocks
+    return groups
 
 
 def _decode_groups(meta: AttnMetadata, block_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     lens = meta.decode_context_lens_host
-    order = sorted(range(len(lens)), key=lens.__getitem__)
     device = meta.slot_mapping.device
     groups = []
-    for start in range(0, len(order), DECODE_BUCKET):
-        rows = order[start : start + DECODE_BUCKET]
+    for rows in decode_row_groups(lens, block_size):
         width = -(-max(lens[r] for r in rows) // block_size)
         rows_t = torch.tensor(rows, device=device)
         blocks = meta.decode_block_tables[rows_t, :width].long().clamp_min(0).flatten()
@@ -176,49 +187,12 @@ class TorchAttention(GatheredAttention):
         super().__init__(_sdpa_decode, _matmul_prefill)
 
 
-class FlashAttention:
-    """flash-attn's varlen kernel; causal masking aligns to the bottom-right, as a KV prefix needs."""
-
-    def __init__(self) -> None:
-        from flash_attn import flash_attn_varlen_func
-
-        self.varlen = flash_attn_varlen_func
-
-    def prepare(self, meta: AttnMetadata, block_size: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        nd = meta.num_decode_tokens
-        q_lens = [1] * nd + meta.prefill_q_lens_host
-        ctx_lens = meta.decode_context_lens_host + meta.prefill_context_lens_host
-        device = meta.slot_mapping.device
-        tables = [meta.decode_block_tables[b] for b in range(nd)] + list(meta.prefill_block_tables)
-        slots = torch.cat([_table_slots(t, n, block_size) for t, n in zip(tables, ctx_lens)])
-        cu_q = torch.tensor([0] + q_lens, device=device).cumsum(0).int()
-        cu_k = torch.tensor([0] + ctx_lens, device=device).cumsum(0).int()
-        return slots, torch.stack([cu_q, cu_k]), max(q_lens), max(ctx_lens)
-
-    def forward(self, q, k, v, k_cache, v_cache, meta: AttnMetadata, scale: float) -> torch.Tensor:
-        slots, cu, max_q, max_k = meta.backend_state
-        flat_k = k_cache.view(-1, *k_cache.shape[2:])
-        flat_v = v_cache.view(-1, *v_cache.shape[2:])
-        flat_k.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
-        flat_v.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
-        return self.varlen(
-            q, flat_k[slots], flat_v[slots], cu[0], cu[1], max_q, max_k, softmax_scale=scale, causal=True
-        )
-
-
-def make_attention(name: str, device: torch.device) -> KernelAttention | GatheredAttention | FlashAttention:
+def make_attention(name: str, device: torch.device) -> KernelAttention | GatheredAttention:
     """The backend for a technique value; raises ValueError naming why it cannot run here."""
     if name == "sdpa":
         return SdpaAttention()
     if name == "torch":
         return TorchAttention()
-    if name == "flash_attn":
-        if device.type != "cuda":
-            raise ValueError("flash_attn needs a CUDA device")
-        try:
-            return FlashAttention()
-        except ImportError as exc:
-            raise ValueError(f"flash_attn is not importable: {exc}") from exc
     if name == "triton":
         import os
 

@@ -14,7 +14,7 @@ class OwnOptions(EngineOptions):
     max_num_batched_tokens: int = 2048  # tokens per step (prefill chunks + decodes)
     block_size: int = 16  # tokens per KV block
     kv_cache_bytes: int | None = None  # KV pool size; None = sized from max_num_seqs and free memory
-    gpu_memory_utilization: float = 0.9  # CUDA: fraction of free memory for weights + KV
+    gpu_memory_utilization: float = 0.9  # CUDA: share of total memory for weights + step peak + KV (as vLLM)
     batch_size: int | None = None  # batching=static: requests per batch (None = all)
     # longest sequence, prompt + output (vLLM's --max-model-len); None = the model's context. Contiguous KV
     # regions, CUDA-graph block tables and the default KV budget are sized from it.

@@ -4,7 +4,7 @@ A decode step has one new token per sequence, so its shapes depend only on the b
 `model.forward_prepared` for buckets 1, 2, 4, ... up to max_num_seqs over static input buffers; a step
 copies its inputs into the smallest bucket that fits, pads the rest (slot -1: store nothing; context 0:
 attend to nothing), replays, and returns the real rows. Every launch inside must be free of host reads and
-data-dependent shapes: the Triton kernels are; the torch reference, sdpa and flash_attn paths are not.
+data-dependent shapes: the Triton kernels are; the torch reference and sdpa paths are not.
 """
 
 from __future__ import annotations

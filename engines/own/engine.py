@@ -31,8 +31,10 @@ from engines.own.config import OwnOptions
 from engines.own.kv_pool import (
     allocate_kv_caches,
     default_kv_budget,
+    gpu_kv_budget,
     kv_bytes_per_token,
     max_concurrent_sequences,
+    profile_step_memory,
 )
 from engines.own.llm_engine import CoreConfig, LLMEngine
 from engines.dtypes import torch_dtype
@@ -54,8 +56,8 @@ class OwnEngine(Engine):
         "batching": (Batching.continuous, Batching.static),
         "chunked_prefill": (True, False),
         "prefix_cache": (True, False),
-        "attention": (Attention.torch, Attention.sdpa, Attention.triton, Attention.flash_attn),
-        "graphs": (Graphs.eager, Graphs.compile, Graphs.cuda_graphs),
+        "attention": (Attention.torch, Attention.sdpa, Attention.triton),
+        "graphs": (Graphs.eager, Graphs.cuda_graphs),
         "quant": (Quant.none, Quant.int8, Quant.int4),
         "quant_group_size": (32, 64, 128, 256),  # what torch's CPU int4 kernel takes; the Triton kernel wants >= 32
         "spec": (Spec.none, Spec.draft, Spec.ngram, Spec.early_exit),
@@ -71,17 +73,24 @@ class OwnEngine(Engine):
         "spec": Spec.none,
     }
 
+    # CUDA: Triton kernels read the paged cache in place and decode steps replay as CUDA graphs
+    cuda_defaults: ClassVar[dict[str, Any]] = {"attention": Attention.triton, "graphs": Graphs.cuda_graphs}
+
     @classmethod
-    def resolve_technique(cls, requested: Technique) -> Technique:
+    def device_defaults(cls, device: str) -> dict[str, Any]:
+        return {**cls.defaults, **cls.cuda_defaults} if device.startswith("cuda") else cls.defaults
+
+    @classmethod
+    def resolve_technique(cls, requested: Technique, device: str = "cpu") -> Technique:
         """Base resolution, except that defaults which need paged KV turn off when the KV mode cannot
         honour them (asking for them explicitly is still an error)."""
-        kv = requested.kv_cache or cls.defaults["kv_cache"]
+        kv = requested.kv_cache or cls.device_defaults(device)["kv_cache"]
         adjusted = replace(requested)
         if kv != KVCache.paged and requested.prefix_cache is None:
             adjusted.prefix_cache = False
         if kv == KVCache.none and requested.chunked_prefill is None:
             adjusted.chunked_prefill = False
-        resolved = super().resolve_technique(adjusted)
+        resolved = super().resolve_technique(adjusted, device)
         if resolved.quant == Quant.int4 and resolved.quant_group_size is None:
             resolved.quant_group_size = DEFAULT_INT4_GROUP
         if resolved.prefix_cache and resolved.kv_cache != KVCache.paged:
@@ -113,10 +122,13 @@ class OwnEngine(Engine):
         self.kv_bytes_per_token = kv_bytes_per_token(config, dtype)
         # a draft model's KV pool has as many blocks as the target's: the budget pays for both
         draft_kv = kv_bytes_per_token(draft.config, torch_dtype(draft_dtype)) if draft is not None else 0
-        budget = options.kv_cache_bytes or default_kv_budget(
-            config, dtype, self.device, options.max_num_seqs * self.max_model_len, options.gpu_memory_utilization
-        )
-        if options.kv_cache_bytes is None and self.device.type != "cuda":  # the CPU default counts target tokens only
+        self.memory_plan: dict[str, int] = {}  # CUDA: what the KV budget was sized from
+        if options.kv_cache_bytes:
+            budget = options.kv_cache_bytes
+        elif self.device.type == "cuda":
+            budget = self._profiled_gpu_budget(attention, options)  # weights resident now include a draft's
+        else:  # enough for max_num_seqs full-length target sequences, and the draft's KV beside them
+            budget = default_kv_budget(config, dtype, options.max_num_seqs * self.max_model_len)
             budget = budget * (self.kv_bytes_per_token + draft_kv) // self.kv_bytes_per_token
         num_blocks = budget // ((self.kv_bytes_per_token + draft_kv) * options.block_size)
         if num_blocks < 1:
@@ -151,6 +163,24 @@ class OwnEngine(Engine):
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _profiled_gpu_budget(self, attention, options: OwnOptions) -> int:
+        """KV bytes as vLLM sizes them: utilisation x total, less weights, the profiled peak of the largest
+        step and memory outside torch's allocator."""
+        device = self.device
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        weights = torch.cuda.memory_allocated(device)
+        pool = profile_step_memory(self.model, options.max_num_batched_tokens, self.max_model_len,
+                                   options.max_num_seqs, options.block_size, attention)  # fmt: skip
+        torch.cuda.synchronize(device)
+        activation_peak = torch.cuda.max_memory_allocated(device) - weights - pool
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)
+        non_torch = max(total - free - torch.cuda.memory_reserved(device), 0)
+        self.memory_plan = {"weights_bytes": weights, "activation_peak_bytes": activation_peak,
+                            "non_torch_bytes": non_torch, "total_bytes": total}  # fmt: skip
+        return gpu_kv_budget(total, options.gpu_memory_utilization, weights, activation_peak, non_torch)
 
     def generate(self, requests: Seq[Request], progress: ProgressFn | None = None) -> list[RequestOutput]:
         return self.llm.generate(requests, progress)
@@ -190,6 +220,7 @@ class OwnEngine(Engine):
         )
         if self.device.type == "cuda":
             stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            stats.update(self.memory_plan)
         else:
             import resource
 

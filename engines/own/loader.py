@@ -106,14 +106,15 @@ def load_model(spec: ModelSpec, device: torch.device, max_position: int | None =
     config = model_config_from_hf(hf_config)
     positions = checked_max_model_len(max_position, config.max_position)
     with torch.device("meta"):
-        model = CausalLM(config, 1)
+        # parameters are born in the target dtype: the device never holds a float32 copy of the weights
+        model = CausalLM(config, 1).to(dtype=dtype)
     if spec.is_random:
         state = _random_state(model, hf_config, spec.seed)
     else:
         state = _fused_state(_read_tensors(folder), config)
-    model = model.to_empty(device=device).to(dtype=dtype)
+    model = model.to_empty(device=device)
     model.load_state_dict(state, strict=True)  # copies cast to each parameter's dtype and device
     cos, sin = cos_sin_table(config.rope, config.head_dim, positions)
-    model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)  # float32: cast per pass like HF
+    model.set_rope_tables(cos.to(device), sin.to(device))  # float32: cast per pass like HF
     model.eval().requires_grad_(False)
     return model, hf_config

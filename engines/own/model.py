@@ -15,14 +15,14 @@ from torch import nn
 from engines.own.attn_metadata import AttnMetadata
 from engines.own.architecture import ModelConfig
 from engines.own.quant.linear import Linear
-from engines.own.rope import apply_rope, cos_sin_table
+from engines.own.rope import apply_rope, cos_sin_table, signed_sin
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x = x.float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(dtype)
+    """HF's Llama RMSNorm: normalise in float32, round to the model dtype, then scale (one fused op in fp32)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
 
 
 class DecoderLayer(nn.Module):
@@ -56,14 +56,14 @@ class DecoderLayer(nn.Module):
         hidden = rms_norm(hidden, self.input_norm, self.eps)
         qkv = self.qkv(hidden)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        qk, v = qkv.split((q_size + kv_size, kv_size), dim=-1)
+        qk = qk.view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q = rms_norm(q, self.q_norm, self.eps)
-            k = rms_norm(k, self.k_norm, self.eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qk = torch.cat([rms_norm(qk[:, : self.num_heads], self.q_norm, self.eps),
+                            rms_norm(qk[:, self.num_heads :], self.k_norm, self.eps)], dim=1)  # fmt: skip
+        qk = apply_rope(qk, cos, sin)  # q and k heads rotate together: one set of ops for both
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         attn = attention.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.head_dim**-0.5)
         hidden = residual + self.o(attn.reshape(tokens, q_size))
         residual = hidden
@@ -82,12 +82,15 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.final_norm = nn.Parameter(torch.ones(config.hidden_size))
         self.lm_head = None if config.tie_word_embeddings else nn.Parameter(torch.empty_like(self.embed))
-        cos, sin = cos_sin_table(config.rope, config.head_dim, max_position)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.set_rope_tables(*cos_sin_table(config.rope, config.head_dim, max_position))
         self.attention = None  # set by the engine: an attention backend (engines/own/attention.py)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.block_size = 16
+
+    def set_rope_tables(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """float32 tables by position; sin is stored with rotate-half's sign folded in (see `apply_rope`)."""
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin_signed", signed_sin(sin), persistent=False)
 
     def bind(self, attention, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], block_size: int) -> None:
         self.attention, self.kv_caches, self.block_size = attention, kv_caches, block_size
@@ -99,11 +102,11 @@ class CausalLM(nn.Module):
     def forward_prepared(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata, num_layers: int | None = None
     ) -> torch.Tensor:
-        """The layers alone (metadata already prepared): the part torch.compile or a graph runner wraps.
+        """The layers alone (metadata already prepared): the part a CUDA graph captures.
         `num_layers` runs only the first layers before the final norm (the early-exit self-draft)."""
         hidden = F.embedding(input_ids, self.embed)
         dtype = hidden.dtype
-        cos, sin = self.rope_cos[positions].to(dtype), self.rope_sin[positions].to(dtype)
+        cos, sin = self.rope_cos[positions].to(dtype), self.rope_sin_signed[positions].to(dtype)
         for layer, kv_cache in islice(zip(self.layers, self.kv_caches), num_layers):
             hidden = layer(hidden, cos, sin, kv_cache, meta, self.attention)
         return rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)

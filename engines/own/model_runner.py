@@ -6,18 +6,14 @@ sequence reaches its last token this step go through the LM head and the sampler
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from engines.own.attn_metadata import AttnMetadata, build_metadata
+from engines.own.kv_pool import zero_blocks
 from engines.own.model import CausalLM
 from engines.own.sampler import sample
 from engines.own.scheduler import ScheduledBatch
 from engines.own.sequence import Sequence
-
-ForwardFn = Callable[[torch.Tensor, torch.Tensor, AttnMetadata], torch.Tensor]
-
 
 def slot_of(seq: Sequence, position: int, block_size: int) -> int:
     return seq.block_table[position // block_size] * block_size + position % block_size
@@ -28,7 +24,6 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.forward_fn: ForwardFn = model.forward_prepared  # replaced by torch.compile when asked
         self.decode_hook = None  # optional graph runner: (input_ids, positions, meta) -> hidden, or None
         # Blocks never written hold uninitialised memory (NaN possible); attention masks their unused
         # tail, but 0 * NaN is NaN, so each block is zeroed once, the first time it is written.
@@ -44,10 +39,7 @@ class ModelRunner:
                     self.block_written[block] = True
                     fresh.append(block)
         if fresh:
-            index = torch.tensor(fresh, device=self.device)
-            for k_cache, v_cache in self.model.kv_caches:
-                k_cache.index_fill_(0, index, 0)
-                v_cache.index_fill_(0, index, 0)
+            zero_blocks(self.model.kv_caches, torch.tensor(fresh, device=self.device))
 
     def _pack(self, items: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata, list[int]]:
         """Tensors for `(seq, num_new)` pairs (decodes first) and the packed row of each sampling sequence."""
@@ -80,7 +72,7 @@ class ModelRunner:
             if hidden is not None:
                 return hidden
         meta.backend_state = self.model.attention.prepare(meta, self.block_size)
-        return self.forward_fn(input_ids, positions, meta)
+        return self.model.forward_prepared(input_ids, positions, meta)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[int]]:

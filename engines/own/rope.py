@@ -44,8 +44,16 @@ def cos_sin_table(rope: RopeConfig, head_dim: int, max_position: int) -> tuple[t
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x` `[T, heads, head_dim]` by per-token `cos`, `sin` `[T, head_dim]`."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """`sin` with its first half negated: rotate-half's `cat(-x2, x1) * sin` becomes `roll(x) * signed_sin`,
+    which is exact (negation does not round) and saves the negation per call."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate `x` `[T, heads, head_dim]` by per-token `cos`, `signed_sin(sin)` `[T, head_dim]`."""
+    rotated = x.roll(x.shape[-1] // 2, dims=-1)  # [x2, x1]
+    out = x * cos[:, None, :]
+    out += rotated * sin_signed[:, None, :]
+    return out

@@ -47,7 +47,26 @@ def sample(
     if any(p.top_p < 1.0 for p in chosen):
         scaled = top_p_mask(scaled, torch.tensor([p.top_p for p in chosen], device=device, dtype=logits.dtype))
     probs = scaled.softmax(dim=-1)
-    draws = [
-        torch.multinomial(probs[j], 1, generator=generators[i]) for j, i in enumerate(sampled_rows)
-    ]
-    return greedy.index_copy(0, rows, torch.cat(draws))
+    uniforms = _uniforms([generators[i] for i in sampled_rows], device)
+    return greedy.index_copy(0, rows, inverse_cdf(probs, uniforms))
+
+
+def _uniforms(generators: list[torch.Generator | None], device: torch.device) -> torch.Tensor:
+    """One U[0, 1) draw per row: seeded rows from their own generator (so a request's draws do not depend on
+    its batch mates), the others from the global RNG in one call."""
+    draws = torch.empty(len(generators), device=device)
+    unseeded = [j for j, g in enumerate(generators) if g is None]
+    if unseeded:
+        draws[unseeded] = torch.rand(len(unseeded), device=device)
+    for j, g in enumerate(generators):
+        if g is not None:
+            draws[j] = torch.rand((), generator=g, device=device)
+    return draws
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Per row, the first token whose cumulative probability exceeds `uniforms * total`: a draw from `probs`
+    for the whole batch in two ops (a zero-probability token is never chosen: its cumulative sum is flat)."""
+    cdf = probs.cumsum(dim=-1)
+    targets = (uniforms * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 
 import torch
 
@@ -17,22 +16,15 @@ def check_device_support(technique: Technique, device: torch.device) -> None:
     on_cuda = device.type == "cuda"
     if technique.graphs == Graphs.cuda_graphs and not on_cuda:
         raise UnsupportedTechnique("engine 'own': graphs=cuda_graphs needs a CUDA device")
-    if technique.attention == Attention.flash_attn and not on_cuda:
-        raise UnsupportedTechnique("engine 'own': attention=flash_attn needs a CUDA device")
     if technique.attention == Attention.triton and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise UnsupportedTechnique("engine 'own': attention=triton needs CUDA (or TRITON_INTERPRET=1 on CPU)")
-    if technique.graphs == Graphs.compile and not on_cuda and shutil.which(os.environ.get("CXX", "g++")) is None:
-        raise UnsupportedTechnique("engine 'own': graphs=compile on CPU needs a C++ compiler (g++)")
     if technique.quant in (Quant.int8, Quant.int4) and on_cuda and importlib.util.find_spec("triton") is None:
         raise UnsupportedTechnique(f"engine 'own': quant={technique.quant.value} on CUDA runs our Triton kernels: "
                                    "pip install triton")  # fmt: skip
 
 
 def apply_graphs(graphs: Graphs, runner: ModelRunner, device: torch.device, max_num_seqs: int) -> None:
-    if graphs == Graphs.compile:
-        # dynamic shapes: the packed token count changes every step
-        runner.forward_fn = torch.compile(runner.model.forward_prepared, dynamic=True)
-    elif graphs == Graphs.cuda_graphs:
+    if graphs == Graphs.cuda_graphs:
         try:
             from engines.own.cuda_graphs import make_decode_runner
         except ImportError as exc:

@@ -69,9 +69,9 @@ class VllmEngine(Engine):
     }
 
     @classmethod
-    def resolve_technique(cls, requested: Technique) -> Technique:
+    def resolve_technique(cls, requested: Technique, device: str = "cpu") -> Technique:
         try:
-            return super().resolve_technique(requested)
+            return super().resolve_technique(requested, device)
         except UnsupportedTechnique as exc:
             if requested.attention is not None:
                 raise UnsupportedTechnique(

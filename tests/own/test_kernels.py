@@ -198,3 +198,35 @@ class TestTritonMatchesReference:
         args = (q, batch.k_cache, batch.v_cache, batch.block_tables, batch.context_lens, 0.125)
         expected = reference.paged_decode_attention(q.contiguous(), *args[1:])
         torch.testing.assert_close(triton_kernels.paged_decode_attention(*args), expected, atol=1e-5, rtol=1e-5)
+
+    @pytest.mark.parametrize("splits", [2, 3, 8])
+    def test_split_k_decode_matches_reference(self, triton_kernels, splits):
+        # lengths: empty, shorter than one tile per split, several tiles; group 3 (SmolLM2) and group 4
+        for heads, kv_heads, lengths in ((9, 3, [0, 5, 130, 300]), (8, 2, [1, 64, 65])):
+            batch = paged_batch(lengths, 16, kv_heads, 64, torch.float32)
+            q = torch.randn(len(lengths), heads, 64, device=DEVICE)
+            args = (q, batch.k_cache, batch.v_cache, batch.block_tables, batch.context_lens, 0.125)
+            expected = reference.paged_decode_attention(*args)
+            actual = triton_kernels.paged_decode_attention(*args, num_splits=splits)
+            torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+    def test_prefill_reads_no_value_back_to_the_host(self, triton_kernels):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class HostReads(TorchDispatchMode):
+            count = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:  # int(t), t.item(), t.tolist()
+                    HostReads.count += 1
+                return func(*args, **(kwargs or {}))
+
+        batch = paged_batch([30, 9], 16, 3, 64, torch.float32)
+        q = torch.randn(30 + 4, 9, 64, device=DEVICE)
+        cu = torch.tensor([0, 30, 34], dtype=torch.int32, device=DEVICE)
+        args = (q, batch.k_cache, batch.v_cache, batch.block_tables, cu, batch.context_lens, 0.125)
+        expected = reference.paged_prefill_attention(*args)
+        with HostReads():
+            actual = triton_kernels.paged_prefill_attention(*args)
+        assert HostReads.count == 0
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)

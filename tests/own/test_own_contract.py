@@ -53,6 +53,21 @@ def test_defaults_are_the_best_set_and_follow_the_kv_mode():
     assert (none.prefix_cache, none.chunked_prefill) == (False, False)
 
 
+def test_cuda_defaults_are_triton_with_cuda_graphs_and_an_explicit_choice_still_wins():
+    cuda = OwnEngine.resolve_technique(Technique(), "cuda:0")
+    assert (cuda.attention, cuda.graphs, cuda.kv_cache) == (Attention.triton, Graphs.cuda_graphs, KVCache.paged)
+    assert OwnEngine.resolve_technique(Technique(), "cpu").graphs == Graphs.eager
+    chosen = OwnEngine.resolve_technique(Technique(attention=Attention.sdpa, graphs=Graphs.eager), "cuda")
+    assert (chosen.attention, chosen.graphs) == (Attention.sdpa, Graphs.eager)
+
+
+@pytest.mark.parametrize("technique", [Technique(attention=Attention.flash_attn), Technique(graphs=Graphs.compile)])
+def test_removed_paths_are_refused_by_name(technique):
+    # flash_attn copied every context each layer; compile recompiled as shapes changed: neither is offered
+    with pytest.raises(UnsupportedTechnique, match="does not support"):
+        OwnEngine.resolve_technique(technique, "cuda")
+
+
 def test_asking_for_a_combination_that_cannot_apply_is_unsupported():
     with pytest.raises(UnsupportedTechnique, match="prefix_cache needs kv_cache=paged"):
         OwnEngine.resolve_technique(Technique(kv_cache=KVCache.contiguous, prefix_cache=True))
@@ -64,7 +79,6 @@ def test_asking_for_a_combination_that_cannot_apply_is_unsupported():
     "technique, reason",
     [
         (Technique(graphs=Graphs.cuda_graphs), "cuda_graphs needs a CUDA device"),
-        (Technique(attention=Attention.flash_attn), "flash_attn needs a CUDA device"),
     ],
 )
 def test_gpu_only_techniques_are_unsupported_on_cpu(technique, reason):

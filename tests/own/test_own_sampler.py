@@ -67,3 +67,25 @@ def test_greedy_and_sampled_rows_mix_in_one_batch():
     gen = torch.Generator().manual_seed(1)
     out = sample(logits, [SamplingParams(), SamplingParams(temperature=1.0, seed=1)], [None, gen])
     assert out[0].item() == 1 and out[1].item() in (0, 1)
+
+
+def test_a_seeded_row_draws_the_same_whatever_its_batch_mates():
+    logits = torch.randn(3, 500, generator=torch.Generator().manual_seed(1))
+    params = [SamplingParams(temperature=0.9, top_p=0.95, seed=s) for s in (5, 6, 7)]
+
+    def first_row(rows):
+        gens = [torch.Generator().manual_seed(5)] + [torch.Generator().manual_seed(6 + i) for i in range(rows - 1)]
+        return sample(logits[:rows], params[:rows], gens)[0].item()
+
+    assert first_row(1) == first_row(3)
+
+
+def test_inverse_cdf_never_picks_a_zero_probability_token_and_follows_the_distribution():
+    from engines.own.sampler import inverse_cdf
+
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0]]).repeat(4000, 1)
+    draws = inverse_cdf(probs, torch.rand(4000, generator=torch.Generator().manual_seed(0)))
+    assert set(draws.tolist()) <= {1, 3}
+    assert abs((draws == 3).float().mean().item() - 0.75) < 0.03
+    edges = inverse_cdf(probs[:2], torch.tensor([0.0, 1.0 - 1e-7]))
+    assert edges.tolist() == [1, 3]
