@@ -196,8 +196,9 @@ def test_unsupported_techniques_are_named_and_defaults_are_filled():
         )
     with pytest.raises(UnsupportedTechnique, match="prefix_cache=True"):
         HFEngine.resolve_technique(Technique(prefix_cache=True))
-    applied = HFEngine.resolve_technique(Technique())
-    assert dataclasses.asdict(applied) == HFEngine.defaults
+    applied = dataclasses.asdict(HFEngine.resolve_technique(Technique()))
+    assert {k: applied[k] for k in HFEngine.defaults} == HFEngine.defaults
+    assert all(v is None for k, v in applied.items() if k not in HFEngine.defaults)  # spec options: spec is off
 
 
 def test_random_weights_are_seeded_and_reported():

@@ -113,8 +113,8 @@ class HFEngine(Engine):
     }
 
     @classmethod
-    def resolve_technique(cls, requested: Technique) -> Technique:
-        resolved = super().resolve_technique(requested)
+    def resolve_technique(cls, requested: Technique, device: str = "cpu") -> Technique:
+        resolved = super().resolve_technique(requested, device)
         if resolved.quant in (Quant.gptq, Quant.awq) and resolved.quant_group_size is None:
             resolved.quant_group_size = hf_quant.DEFAULT_GROUP
         return resolved

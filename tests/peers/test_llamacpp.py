@@ -20,6 +20,7 @@ from engines.base import (
     Graphs,
     KVCache,
     ModelSpec,
+    Quant,
     Request,
     SamplingParams,
     Technique,
@@ -120,7 +121,7 @@ def test_models_without_a_gguf_are_refused_with_the_fix_named(smollm2_dir):
 
 def test_techniques_declared_and_the_rest_skipped_with_a_reason():
     applied = LlamaCppEngine.resolve_technique(Technique())
-    assert applied == Technique(KVCache.contiguous, Batching.static, False, False, None, Graphs.eager)
+    assert applied == Technique(KVCache.contiguous, Batching.static, False, False, None, Graphs.eager, Quant.gguf)
     assert LlamaCppEngine.resolve_technique(Technique(prefix_cache=True)).prefix_cache is True
     for bad, named in [
         (Technique(kv_cache=KVCache.paged), "kv_cache=paged"),
@@ -128,6 +129,7 @@ def test_techniques_declared_and_the_rest_skipped_with_a_reason():
         (Technique(chunked_prefill=True), "chunked_prefill=True"),
         (Technique(attention=Attention.sdpa), "attention=sdpa"),
         (Technique(graphs=Graphs.compile), "graphs=compile"),
+        (Technique(quant=Quant.int8), "quant=int8"),
     ]:
         with pytest.raises(UnsupportedTechnique, match=named):
             LlamaCppEngine.resolve_technique(bad)
