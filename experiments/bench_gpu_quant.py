@@ -29,35 +29,28 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import create_engine  # noqa: E402
-from engines.base import Attention, Graphs, ModelSpec, Quant, Request, SamplingParams, Technique  # noqa: E402
-from engines.own.quant.formats import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8  # noqa: E402
+from engines.base import (  # noqa: E402
+    Attention,
+    Graphs,
+    ModelSpec,
+    Quant,
+    Request,
+    SamplingParams,
+    Technique,
+)
+from engines.own.quant.formats import (  # noqa: E402
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+)
 from engines.own.quant.linear import Int4Linear, Int8Linear  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu_own import copy_bandwidth, model_config, timed_ms  # noqa: E402  (one timing rule for both GPU checks)
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 GROUP = 64
-
-
-def llama31_8b_config(layers: int, max_len: int) -> dict:
-    return {
-        "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
-        "num_hidden_layers": layers, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-        "max_position_embeddings": max_len, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128009,
-    }  # fmt: skip
-
-
-def cuda_ms(fn, iters: int = 50, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def layers_for(w: torch.Tensor) -> dict:
@@ -77,11 +70,11 @@ def kernel_section() -> None:
         w = torch.randn(n, k, generator=gen) * 0.02
         x = torch.randn(1, k, generator=gen).cuda().bfloat16()
         w_bf16 = w.cuda().bfloat16()
-        t = {"bf16": cuda_ms(lambda: F.linear(x, w_bf16))}
+        t = {"bf16": timed_ms(lambda: F.linear(x, w_bf16))}
         gbs = {"bf16": w_bf16.numel() * 2 / t["bf16"] / 1e6}
         errs = {}
         for kind, (layer, deq) in layers_for(w).items():
-            t[kind] = cuda_ms(lambda: layer(x))
+            t[kind] = timed_ms(lambda: layer(x))
             gbs[kind] = layer.weight_bytes() / t[kind] / 1e6
             ref = (x.float() @ deq.cuda().T)
             errs[kind] = (layer(x).float() - ref).abs().max().item()
@@ -89,20 +82,10 @@ def kernel_section() -> None:
               f"{gbs['int4']:9.0f} {errs['int8']:9.2e} {errs['int4']:9.2e}")  # fmt: skip
 
 
-def copy_bandwidth() -> float:
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = cuda_ms(lambda: dst.copy_(src), iters=20)
-    gbs = 2 * src.numel() / ms / 1e6  # read + write
-    print(f"\n== 3. device copy bandwidth: {gbs:.0f} GB/s (read + write of 1 GiB) ==")
-    del src, dst
-    return gbs
-
-
 def decode_rounds(layers: int, rounds: int, new_tokens: int, copy_gbs: float) -> None:
     print(f"\n== 4. batch-1 decode, own engine, {layers} layers, {new_tokens} new tokens after a 128-token prompt, "
           f"{rounds} interleaved rounds, graphs=cuda_graphs ==")  # fmt: skip
-    spec = ModelSpec("llama-3.1-8b-random", None, "bfloat16", llama31_8b_config(layers, 4096), seed=0)
+    spec = ModelSpec("llama-3.1-8b-random", None, "bfloat16", model_config("llama3-8b", layers, 4096), seed=0)
     prompt = list(range(1000, 1128))
     results: dict[str, list[float]] = {}
     facts: dict[str, tuple[int, int]] = {}
@@ -145,7 +128,7 @@ def main() -> None:
         sys.exit("bench_gpu_quant.py needs a CUDA device")
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  started {time.strftime('%H:%M:%S')}")
     kernel_section()
-    copy_gbs = copy_bandwidth()
+    copy_gbs = copy_bandwidth(1 << 30) / 1e9  # GB/s
     decode_rounds(args.layers, args.rounds, args.new_tokens, copy_gbs)
 
 

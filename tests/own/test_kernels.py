@@ -5,23 +5,20 @@ kernels are defined, so this module re-runs its Triton class in a child pytest w
 from __future__ import annotations
 
 import math
-import os
-import re
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from triton_interpreter import (
+    INTERPRETED,
+    ON_GPU,
+    assert_class_passes_under_the_interpreter,
+)
 
 from engines.own.kernels import reference
 
-ON_GPU = torch.cuda.is_available()
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
-REPO = Path(__file__).resolve().parents[2]
 # The Triton 3.9 interpreter computes bf16 tl.dot on raw bits (fp16 is right), so bf16 cases need a GPU.
 HALF = torch.float16 if INTERPRETED else torch.bfloat16
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
@@ -122,16 +119,7 @@ def test_reference_store_kv_writes_each_slot_and_skips_padding():
 
 
 def test_triton_kernels_match_reference_under_the_interpreter():
-    if ON_GPU or INTERPRETED:
-        pytest.skip("the Triton class runs directly in this process")
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::TestTritonMatchesReference"],
-        cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    lines = run.stdout.strip().splitlines()
-    summary = lines[-1] if lines else ""
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary
+    assert_class_passes_under_the_interpreter(__file__, "TestTritonMatchesReference")
 
 
 @pytest.mark.skipif(not (ON_GPU or INTERPRETED), reason="on CPU this class runs in the interpreter child process")

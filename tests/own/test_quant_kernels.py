@@ -4,22 +4,23 @@ imported, so the Triton class re-runs in a child pytest with TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from triton_interpreter import (
+    INTERPRETED,
+    ON_GPU,
+    assert_class_passes_under_the_interpreter,
+)
 
-from engines.own.quant.formats import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from engines.own.quant.formats import (
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+)
 from engines.own.quant.linear import Int4Linear, Int8Linear
 
-ON_GPU = torch.cuda.is_available()
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
-REPO = Path(__file__).resolve().parents[2]
 SHAPES = [(960, 576), (576, 1536), (7, 100), (33, 130)]  # SmolLM2's widths, and sizes no tile divides
 
 
@@ -29,17 +30,7 @@ def case(rows: int, cols: int, tokens: int, seed: int = 0) -> tuple[torch.Tensor
 
 
 def test_triton_quant_kernels_match_torch_under_the_interpreter():
-    if ON_GPU or INTERPRETED:
-        pytest.skip("the Triton class runs directly in this process")
-    pytest.importorskip("triton")
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::TestTritonQuantMatmul"],
-        cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    lines = run.stdout.strip().splitlines()
-    summary = lines[-1] if lines else ""
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary
+    assert_class_passes_under_the_interpreter(__file__, "TestTritonQuantMatmul")
 
 
 @pytest.mark.skipif(not (ON_GPU or INTERPRETED), reason="on CPU this class runs in the interpreter child process")

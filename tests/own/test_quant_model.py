@@ -7,7 +7,6 @@ with groups of 32 can land on the same grid and lose almost nothing, while group
 from __future__ import annotations
 
 import pytest
-import torch
 
 from engines import create_engine
 from engines.base import ModelSpec, Quant, Request, SamplingParams, Technique
