@@ -4,7 +4,7 @@ Thousands of seeded requests each sample a short continuation at a low temperatu
 near-uniform logits; a low temperature makes target and draft clearly different). The empirical joint
 distribution of two speculated tokens must pass a chi-square goodness-of-fit test against the target's exact
 distribution, computed by scoring every continuation. Resampling from p instead of max(0, p - q) after a
-rejection fails this test (p-values 2e-13 for k=1 and 4e-19 for k=2 when tried).
+rejection fails this test (p-values 6e-49 for k=1 and 2e-91 for k=2 with 6000 draws).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ TINY = {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": 64, "intermed
 MODEL = ModelSpec("tiny", None, random_config=TINY, seed=0)
 PROMPT = [1, 2, 3, 1, 2]  # periodic, so n-gram lookup proposes something
 TEMPERATURE = 0.15
-DRAWS = 3000
+DRAWS = 6000
+# a correct sampler fails one case in 1/ALPHA runs of it; a broken rule gives p ~ 1e-13 (see the module docstring)
+ALPHA = 1e-4
 
 
 def engine(technique: Technique):
@@ -56,8 +58,10 @@ def fit_p_value(counts: torch.Tensor, expected: torch.Tensor) -> float:
     """Chi-square goodness of fit; cells expected below 5 draws are pooled into one."""
     counts, expected = counts.flatten(), expected.flatten() * counts.sum()
     small = expected < 5
-    observed = torch.cat([counts[~small], counts[small].sum()[None]])
-    wanted = torch.cat([expected[~small], expected[small].sum()[None]])
+    observed, wanted = counts[~small], expected[~small]
+    if small.any():
+        observed = torch.cat([observed, counts[small].sum()[None]])
+        wanted = torch.cat([wanted, expected[small].sum()[None]])
     return float(chisquare(observed.numpy(), wanted.numpy() * observed.sum().item() / wanted.sum().item()).pvalue)
 
 
@@ -76,7 +80,7 @@ def test_speculative_sampling_matches_the_target_distribution(technique, exact):
     counts, stats = sampled_joint(technique)
     # the test means something only if drafts were both accepted and rejected often
     assert 0.1 < stats["acceptance_rate"] < 0.9, stats
-    assert fit_p_value(counts, exact) > 1e-3
+    assert fit_p_value(counts, exact) > ALPHA
 
 
 def test_the_fit_rejects_a_distribution_that_is_slightly_off(exact):
@@ -86,4 +90,4 @@ def test_the_fit_rejects_a_distribution_that_is_slightly_off(exact):
     gen = torch.Generator().manual_seed(0)
     draws = torch.multinomial(tilted.flatten(), DRAWS, replacement=True, generator=gen)
     counts = torch.bincount(draws, minlength=VOCAB * VOCAB).double().view(VOCAB, VOCAB)
-    assert fit_p_value(counts, exact) < 1e-3
+    assert fit_p_value(counts, exact) < ALPHA
