@@ -57,6 +57,12 @@ def sacct_states(job: str) -> list[str]:
     return [line.split("|")[1].split()[0] for line in done.stdout.splitlines() if "|" in line]
 
 
+def queue_states(job: str) -> list[str]:
+    """The controller's states of the job's tasks now (squeue: no accounting lag, unlike sacct)."""
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30).stdout
+    return out.split()
+
+
 def finished(job: str) -> bool:
     """The job (all tasks of an array) has left the queue and accounting says how it ended."""
     queued = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, timeout=30).stdout.strip()
