@@ -4,7 +4,8 @@ Fills B sequences (prompt P tokens each) to steady decode, then times S decode s
 under torch.profiler; prints ms per step, torch ops per step and the top ops table. Run it under the bench
 lock so numbers do not overlap other benchmarks:
 
-    flock /work/wt/bench.lock .venv/bin/python experiments/profile_decode.py --dtype float32 bfloat16
+    flock /work/wt/bench.lock .venv/bin/python experiments/profile_decode.py --dtype float32 bfloat16 \
+        --attention sdpa cpp
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from engines import create_engine  # noqa: E402
-from engines.base import ModelSpec, Request, SamplingParams, Technique  # noqa: E402
+from engines.base import Attention, ModelSpec, Request, SamplingParams, Technique  # noqa: E402
 from harness.models import embedded_model_dir  # noqa: E402
 
 
-def decode_ready_engine(dtype: str, batch: int, prompt: int, device: str):
+def decode_ready_engine(dtype: str, attention: str | None, batch: int, prompt: int, device: str):
     spec = ModelSpec("SmolLM2-135M-Instruct", str(embedded_model_dir()), dtype=dtype)
-    engine = create_engine("own", spec, Technique(), dict(max_num_seqs=batch, kv_cache_bytes=2**30), device)
+    technique = Technique(attention=Attention(attention) if attention else None)
+    engine = create_engine("own", spec, technique, dict(max_num_seqs=batch, kv_cache_bytes=2**30), device)
     sampling = SamplingParams(max_tokens=10_000, ignore_eos=True)
     for i in range(batch):
         ids = [(i * 131 + j * 7) % 40_000 + 100 for j in range(prompt + i)]  # distinct lengths, like a real mix
@@ -48,8 +50,9 @@ def _inside_aten(event) -> bool:
     return False
 
 
-def profile_dtype(dtype: str, batch: int, prompt: int, steps: int, rows: int, device: str) -> None:
-    engine = decode_ready_engine(dtype, batch, prompt, device)
+def profile_dtype(dtype: str, attention: str | None, batch: int, prompt: int, steps: int, rows: int,
+                  device: str) -> None:  # fmt: skip
+    engine = decode_ready_engine(dtype, attention, batch, prompt, device)
     llm = engine.llm
     for _ in range(3):
         llm.step()
@@ -83,10 +86,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--attention", nargs="+", default=[None], help="backends to profile in turn (default: own's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for dtype in args.dtype:
-        profile_dtype(dtype, args.batch, args.prompt, args.steps, args.rows, args.device)
+        for attention in args.attention:
+            profile_dtype(dtype, attention, args.batch, args.prompt, args.steps, args.rows, args.device)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from engines.own.kv_pool import (
 from engines.own.llm_engine import CoreConfig, LLMEngine
 from engines.dtypes import torch_dtype
 from engines.memory import release_memory
+from engines.own.kernels.cpu_paged import builds as cpu_kernel_builds
 from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.quant.apply import DEFAULT_INT4_GROUP, quantize_model
@@ -56,7 +57,7 @@ class OwnEngine(Engine):
         "batching": (Batching.continuous, Batching.static),
         "chunked_prefill": (True, False),
         "prefix_cache": (True, False),
-        "attention": (Attention.torch, Attention.sdpa, Attention.triton),
+        "attention": (Attention.torch, Attention.sdpa, Attention.cpp, Attention.triton),
         "graphs": (Graphs.eager, Graphs.cuda_graphs),
         "quant": (Quant.none, Quant.int8, Quant.int4),
         "quant_group_size": (32, 64, 128, 256),  # what torch's CPU int4 kernel takes; the Triton kernel wants >= 32
@@ -78,7 +79,10 @@ class OwnEngine(Engine):
 
     @classmethod
     def device_defaults(cls, device: str) -> dict[str, Any]:
-        return {**cls.defaults, **cls.cuda_defaults} if device.startswith("cuda") else cls.defaults
+        if device.startswith("cuda"):
+            return {**cls.defaults, **cls.cuda_defaults}
+        # CPU: our C++ decode kernel where it builds (once per machine); otherwise sdpa, saying why
+        return {**cls.defaults, "attention": Attention.cpp if cpu_kernel_builds() else Attention.sdpa}
 
     @classmethod
     def resolve_technique(cls, requested: Technique, device: str = "cpu") -> Technique:

@@ -16,6 +16,8 @@ def check_device_support(technique: Technique, device: torch.device) -> None:
     on_cuda = device.type == "cuda"
     if technique.graphs == Graphs.cuda_graphs and not on_cuda:
         raise UnsupportedTechnique("engine 'own': graphs=cuda_graphs needs a CUDA device")
+    if technique.attention == Attention.cpp and on_cuda:
+        raise UnsupportedTechnique("engine 'own': attention=cpp is our CPU kernel; on CUDA use triton")
     if technique.attention == Attention.triton and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise UnsupportedTechnique("engine 'own': attention=triton needs CUDA (or TRITON_INTERPRET=1 on CPU)")
     if technique.quant in (Quant.int8, Quant.int4) and on_cuda and importlib.util.find_spec("triton") is None:

@@ -18,6 +18,7 @@ from engines.base import (
     UnsupportedTechnique,
 )
 from engines.own.engine import OwnEngine
+from engines.own.kernels import cpu_paged
 
 TINY = {
     "model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128,
@@ -45,12 +46,20 @@ def greedy(engine, prompts, max_tokens=8, **sampling):
 
 def test_defaults_are_the_best_set_and_follow_the_kv_mode():
     best = OwnEngine.resolve_technique(Technique())
+    cpu_attention = Attention.cpp if cpu_paged.builds() else Attention.sdpa
     assert (best.kv_cache, best.prefix_cache, best.chunked_prefill, best.attention) == (
-        KVCache.paged, True, True, Attention.sdpa)  # fmt: skip
+        KVCache.paged, True, True, cpu_attention)  # fmt: skip
     contiguous = OwnEngine.resolve_technique(Technique(kv_cache=KVCache.contiguous))
     assert contiguous.prefix_cache is False
     none = OwnEngine.resolve_technique(Technique(kv_cache=KVCache.none))
     assert (none.prefix_cache, none.chunked_prefill) == (False, False)
+
+
+def test_cpu_default_attention_falls_back_to_sdpa_where_the_cpp_kernel_does_not_build(monkeypatch):
+    monkeypatch.setattr("engines.own.engine.cpu_kernel_builds", lambda: False)
+    assert OwnEngine.resolve_technique(Technique()).attention == Attention.sdpa
+    monkeypatch.setattr("engines.own.engine.cpu_kernel_builds", lambda: True)
+    assert OwnEngine.resolve_technique(Technique()).attention == Attention.cpp
 
 
 def test_cuda_defaults_are_triton_with_cuda_graphs_and_an_explicit_choice_still_wins():

@@ -77,6 +77,11 @@ def test_torch_reference_attention_gives_the_same_tokens_as_sdpa(smollm2_dir, pr
     assert tokens == baseline
 
 
+def test_cpp_decode_kernel_gives_the_same_tokens_as_sdpa(smollm2_dir, prompts, baseline):
+    tokens, _ = run(smollm2_dir, prompts, Technique(**{**vars(BASE), "attention": Attention.cpp}))
+    assert tokens == baseline
+
+
 def test_forced_preemption_with_a_tiny_kv_pool_gives_the_same_tokens(smollm2_dir, prompts, baseline):
     tokens, stats = run(smollm2_dir, prompts, kv_cache_bytes=24 * 16 * 46080)  # 24 blocks = 384 token slots
     assert stats["preemptions"] > 0
