@@ -27,10 +27,11 @@ from engines.base import Attention, ModelSpec, Request, SamplingParams, Techniqu
 from harness.models import embedded_model_dir  # noqa: E402
 
 
-def decode_ready_engine(dtype: str, attention: str | None, batch: int, prompt: int, device: str):
+def decode_ready_engine(dtype: str, attention: str | None, pack: bool, batch: int, prompt: int, device: str):
     spec = ModelSpec("SmolLM2-135M-Instruct", str(embedded_model_dir()), dtype=dtype)
     technique = Technique(attention=Attention(attention) if attention else None)
-    engine = create_engine("own", spec, technique, dict(max_num_seqs=batch, kv_cache_bytes=2**30), device)
+    engine = create_engine("own", spec, technique, dict(max_num_seqs=batch, kv_cache_bytes=2**30, pack_weights=pack),
+                           device)  # fmt: skip
     sampling = SamplingParams(max_tokens=10_000, ignore_eos=True)
     for i in range(batch):
         ids = [(i * 131 + j * 7) % 40_000 + 100 for j in range(prompt + i)]  # distinct lengths, like a real mix
@@ -50,9 +51,9 @@ def _inside_aten(event) -> bool:
     return False
 
 
-def profile_dtype(dtype: str, attention: str | None, batch: int, prompt: int, steps: int, rows: int,
+def profile_dtype(dtype: str, attention: str | None, pack: bool, batch: int, prompt: int, steps: int, rows: int,
                   device: str) -> None:  # fmt: skip
-    engine = decode_ready_engine(dtype, attention, batch, prompt, device)
+    engine = decode_ready_engine(dtype, attention, pack, batch, prompt, device)
     llm = engine.llm
     for _ in range(3):
         llm.step()
@@ -69,7 +70,8 @@ def profile_dtype(dtype: str, attention: str | None, batch: int, prompt: int, st
     # top level: aten ops not called from inside another aten op (what Python code dispatches)
     top = sum(1 for e in prof.events() if e.name.startswith("aten::") and not _inside_aten(e))
     print(f"\n=== dtype={dtype} batch={batch} decode, context {prompt}-{prompt + batch} tokens, "
-          f"threads={torch.get_num_threads()} load avg={os.getloadavg()} technique={engine.technique}")  # fmt: skip
+          f"threads={torch.get_num_threads()} load avg={os.getloadavg()} technique={engine.technique} "
+          f"weights={engine.weight_layout}")  # fmt: skip
     print(f"step time (unprofiled, {steps} steps): median {1e3 * statistics.median(times):.1f} ms, "
           f"min {1e3 * min(times):.1f} ms -> {batch / statistics.median(times):.0f} tok/s")  # fmt: skip
     print(f"aten ops per step: {top / steps:.0f} top-level, {ops / steps:.0f} at all levels")
@@ -87,11 +89,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--attention", nargs="+", default=[None], help="backends to profile in turn (default: own's)")
+    parser.add_argument("--pack-weights", nargs="+", choices=["on", "off"], default=["on"],
+                        help="engine.pack_weights values to profile in turn")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for dtype in args.dtype:
         for attention in args.attention:
-            profile_dtype(dtype, attention, args.batch, args.prompt, args.steps, args.rows, args.device)
+            for pack in args.pack_weights:
+                profile_dtype(dtype, attention, pack == "on", args.batch, args.prompt, args.steps, args.rows,
+                              args.device)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from engines.memory import release_memory
 from engines.own.kernels.cpu_paged import builds as cpu_kernel_builds
 from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
-from engines.own.quant.apply import DEFAULT_INT4_GROUP, quantize_model
+from engines.own.quant.apply import DEFAULT_INT4_GROUP, pack_float_linears, quantize_model
 from engines.own.scheduler import SchedulerConfig
 from engines.own.scoring import score_sequences, score_tails
 from engines.own.speculative.setup import build_speculator, load_spec_draft, resolve_spec_options
@@ -115,6 +115,7 @@ class OwnEngine(Engine):
         check_device_support(technique, self.device)
         self.model, hf_config = load_model(model, self.device, options.max_model_len)
         self.quantization = quantize_model(self.model, technique.quant.value, technique.quant_group_size)
+        self.weight_layout = pack_float_linears(self.model, options.max_num_seqs) if options.pack_weights else "plain"
         config = self.model.config
         try:
             attention = make_attention(technique.attention.value, self.device)
@@ -221,6 +222,7 @@ class OwnEngine(Engine):
             kv_bytes_per_token=self.kv_bytes_per_token,
             block_size=self.options.block_size,
             quantization=self.quantization,
+            weight_layout=self.weight_layout,
         )
         if self.device.type == "cuda":
             stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)

@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from engines.own.quant.formats import quantize_int4, quantize_int8
-from engines.own.quant.linear import Int4Linear, Int8Linear, Linear, compute_dtype, default_backend
+from engines.own.quant.linear import (
+    Int4Linear,
+    Int8Linear,
+    Linear,
+    PackedLinear,
+    compute_dtype,
+    default_backend,
+    onednn_packing_available,
+)
 
 METHODS = ("none", "int8", "int4")
 BITS = {"none": None, "int8": 8, "int4": 4}
@@ -22,7 +30,8 @@ DEFAULT_INT4_GROUP = 64  # divides SmolLM2's 576 and 1536 and every Llama width;
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and quantized-weight buffer (not the RoPE tables or the KV cache)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
-    return total + sum(m.weight_bytes() for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear)))
+    modules = (Int8Linear, Int4Linear, PackedLinear)
+    return total + sum(m.weight_bytes() for m in model.modules() if isinstance(m, modules))
 
 
 def quantize_model(
@@ -50,6 +59,21 @@ def quantize_model(
         "activation_dtype": None if method == "none" else str(compute_dtype(first.dtype, backend)).removeprefix("torch."),
         "float_parts": "embedding / LM head, norms",
     }  # fmt: skip
+
+
+def pack_float_linears(model: nn.Module, batch_hint: int) -> str:
+    """On the CPU in bfloat16, put every float `Linear` in oneDNN's blocked layout (`PackedLinear`); returns
+    the weight layout the model now runs with ("onednn_packed" or "plain", with the reason)."""
+    first = next(model.parameters())
+    if first.device.type != "cpu" or first.dtype != torch.bfloat16:
+        return "plain (packing is for bfloat16 on the CPU)"
+    if not onednn_packing_available():
+        return "plain (this torch has no oneDNN weight packing)"
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Linear):
+                setattr(parent, name, PackedLinear(child, batch_hint))
+    return "onednn_packed"
 
 
 def _quantized(layer: Linear, method: str, group_size: int | None, backend: str) -> nn.Module:

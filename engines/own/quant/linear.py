@@ -51,6 +51,30 @@ class Linear(nn.Module):
         return _tensor_bytes(self.weight, self.bias)
 
 
+def onednn_packing_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+class PackedLinear(nn.Module):
+    """bfloat16 float weights in oneDNN's blocked layout, for the CPU. F.linear runs the same oneDNN matmul
+    (bit-identical results here) but re-lays out W on every call: 15-35% of a 32-row matmul on this CPU."""
+
+    def __init__(self, layer: Linear, batch_hint: int) -> None:
+        super().__init__()
+        self.in_features = layer.weight.shape[1]
+        self.nbytes = layer.weight_bytes()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), batch_hint)
+        self.bias = layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, self.bias,
+                                                 "none", [], "")  # fmt: skip
+        return out.view(*x.shape[:-1], -1)
+
+    def weight_bytes(self) -> int:
+        return self.nbytes
+
+
 class Int8Linear(nn.Module):
     """int8 codes `[N, K]`, one scale per output row."""
 
