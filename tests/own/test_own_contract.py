@@ -229,13 +229,16 @@ def test_concurrent_sequences_repeat_the_length_mix_until_the_pool_is_full():
     assert max_concurrent_sequences(10, 16, [16, 48], "contiguous", 64) == 2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("config", [TINY, FAMILIES["qwen2"]], ids=["llama", "qwen2-qkv-bias"])
-def test_packed_bf16_weights_give_the_same_tokens_as_plain_ones_and_say_so(config):
+def test_packed_weights_give_the_same_tokens_as_plain_ones_and_say_so(config, dtype):
     prompts = [[5, 6, 7, 8, 9], [20, 21, 22]]
-    spec = ModelSpec("tiny", None, random_config=dict(config), seed=0, dtype="bfloat16")
+    spec = ModelSpec("tiny", None, random_config=dict(config), seed=0, dtype=dtype)
     packed, plain = (create_engine("own", spec, Technique(), dict(kv_cache_bytes=1 << 22, pack_weights=pack), "cpu")
                      for pack in (True, False))  # fmt: skip
     assert packed.stats()["weight_layout"] == "onednn_packed"
     assert plain.stats()["weight_layout"] == "plain"
     assert [o.token_ids for o in greedy(packed, prompts)] == [o.token_ids for o in greedy(plain, prompts)]
-    assert tiny_engine(config=config).stats()["weight_layout"].startswith("plain (packing is for bfloat16")
+    half = ModelSpec("tiny", None, random_config=dict(config), seed=0, dtype="float16")
+    layout = create_engine("own", half, Technique(), dict(kv_cache_bytes=1 << 22), "cpu").stats()["weight_layout"]
+    assert layout == "plain (packing is for float32 and bfloat16 on the CPU)"

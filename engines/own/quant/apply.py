@@ -62,11 +62,11 @@ def quantize_model(
 
 
 def pack_float_linears(model: nn.Module, batch_hint: int) -> str:
-    """On the CPU in bfloat16, put every float `Linear` in oneDNN's blocked layout (`PackedLinear`); returns
-    the weight layout the model now runs with ("onednn_packed" or "plain", with the reason)."""
+    """On the CPU in float32 or bfloat16, put every float `Linear` in oneDNN's blocked layout (`PackedLinear`);
+    returns the weight layout the model now runs with ("onednn_packed" or "plain", with the reason)."""
     first = next(model.parameters())
-    if first.device.type != "cpu" or first.dtype != torch.bfloat16:
-        return "plain (packing is for bfloat16 on the CPU)"
+    if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.bfloat16):
+        return "plain (packing is for float32 and bfloat16 on the CPU)"
     if not onednn_packing_available():
         return "plain (this torch has no oneDNN weight packing)"
     for parent in list(model.modules()):

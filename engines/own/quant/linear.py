@@ -56,8 +56,9 @@ def onednn_packing_available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """bfloat16 float weights in oneDNN's blocked layout, for the CPU. F.linear runs the same oneDNN matmul
-    (bit-identical results here) but re-lays out W on every call: 15-35% of a 32-row matmul on this CPU."""
+    """Float weights in oneDNN's blocked layout, for the CPU. In bfloat16, F.linear runs the same oneDNN matmul
+    (bit-identical results) but re-lays out W on every call; in float32 it runs MKL's sgemm (same precision,
+    another summation order). Measured here, 1 thread, SmolLM2's shapes: 15-35% faster at 32 rows, 0-20% at 256."""
 
     def __init__(self, layer: Linear, batch_hint: int) -> None:
         super().__init__()
