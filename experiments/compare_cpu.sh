@@ -7,7 +7,8 @@
 #   shared_prefix  16 requests, 400 shared + 32 own input tokens, 32 output, prefix caching on where offered
 # in bfloat16 and float32. vLLM runs eager (its torch.compile start-up costs about 4 minutes per cell); HF runs
 # in the offline study only (the issue's HF goal is offline throughput at equal concurrency). With DEADLINE
-# (a `date` string), studies not started by then are skipped and say so.
+# (a `date` string), studies not started by then are skipped and say so. With ONLY (e.g. "bfloat16/offline
+# float32/offline"), only those dtype/study pairs run.
 #
 #   flock /work/wt/bench.lock bash experiments/compare_cpu.sh [OUT_DIR] [ROUNDS]
 set -uo pipefail
@@ -29,6 +30,9 @@ for study in "bfloat16 offline own,vllm,hf scenario=throughput workload=uniform 
     set -- $study
     dtype=$1 name=$2 engines=$3
     shift 3
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $dtype/$name "* ]]; then
+        continue
+    fi
     for round in $(seq "$rounds"); do
         if [ "$deadline" -gt 0 ] && [ "$(date +%s)" -gt "$deadline" ]; then
             echo "$(date -u +%T) SKIPPED (deadline $DEADLINE): round $round, $dtype, $name"
