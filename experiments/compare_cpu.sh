@@ -8,7 +8,8 @@
 # in bfloat16 and float32. vLLM runs eager (its torch.compile start-up costs about 4 minutes per cell); HF runs
 # in the offline study only (the issue's HF goal is offline throughput at equal concurrency). With DEADLINE
 # (a `date` string), studies not started by then are skipped and say so. With ONLY (e.g. "bfloat16/offline
-# float32/offline"), only those dtype/study pairs run.
+# float32/offline"), only those dtype/study pairs run; with ENGINES (e.g. "own,vllm"), that engine list replaces
+# each study's.
 #
 #   flock /work/wt/bench.lock bash experiments/compare_cpu.sh [OUT_DIR] [ROUNDS]
 set -uo pipefail
@@ -28,7 +29,7 @@ for study in "bfloat16 offline own,vllm,hf scenario=throughput workload=uniform 
              "float32 batch1 own,vllm scenario=latency workload=fixed workload.output_len.mean=128 scenario.repeats=3" \
              "float32 shared_prefix own,vllm scenario=throughput workload=shared_prefix scenario.num_requests=16 scenario.repeats=2"; do
     set -- $study
-    dtype=$1 name=$2 engines=$3
+    dtype=$1 name=$2 engines=${ENGINES:-$3}
     shift 3
     if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $dtype/$name "* ]]; then
         continue

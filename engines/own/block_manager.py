@@ -26,6 +26,15 @@ def chain_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
     return hash((parent, token_ids))
 
 
+def block_hashes(tokens: list[int], num_blocks: int, block_size: int) -> list[int]:
+    """The prefix cache's chain hashes of the first `num_blocks` full blocks of `tokens`."""
+    hashes, parent = [], None
+    for i in range(num_blocks):
+        parent = chain_hash(parent, tuple(tokens[i * block_size : (i + 1) * block_size]))
+        hashes.append(parent)
+    return hashes
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, prefix_cache: bool) -> None:
         self.block_size = block_size

@@ -20,7 +20,7 @@ from engines.context_groups import (
     read_tails,
     score_whole,
 )
-from engines.own.block_manager import chain_hash
+from engines.own.block_manager import block_hashes
 from engines.own.llm_engine import LLMEngine
 from engines.own.model_runner import ModelRunner
 from engines.own.sequence import Sequence
@@ -33,15 +33,6 @@ def score_sequences(
     """Every token's log-probability after the first (Engine.score)."""
     checked = checked_sequences(sequences, llm.config.vocab_size, llm.config.max_model_len)
     return score_whole(checked, lambda seqs, tails: score_tails(llm, runner, seqs, tails, max_batched_tokens))
-
-
-def block_hashes(tokens: list[int], num_blocks: int, block_size: int) -> list[int]:
-    """The prefix cache's chain hashes of the first `num_blocks` full blocks of `tokens`."""
-    hashes, parent = [], None
-    for i in range(num_blocks):
-        parent = chain_hash(parent, tuple(tokens[i * block_size : (i + 1) * block_size]))
-        hashes.append(parent)
-    return hashes
 
 
 def score_tails(

@@ -120,3 +120,27 @@ def test_kv_mode_none_recomputes_whole_sequences_every_step():
     assert s.block_table == [] and s.num_computed_tokens == 0
     assert step(scheduler).num_new_tokens == [7]
     assert scheduler.kv.num_used_blocks == 0
+
+
+def test_a_prompt_whose_next_block_a_running_prefill_is_writing_waits_one_step_and_reuses_it():
+    config = SchedulerConfig(8, 64, True, False, None, False)
+    scheduler = Scheduler(config, BlockManager(64, BS, prefix_cache=True))
+    shared = list(range(100, 112))  # three full blocks every prompt opens with
+    seqs = [Sequence(f"s{i}", shared + [i, 50 + i], 14, SamplingParams(max_tokens=2), 0.0) for i in range(3)]
+    unrelated = Sequence("u", list(range(300, 310)), 10, SamplingParams(max_tokens=2), 0.0)
+    for s in (*seqs, unrelated):
+        scheduler.add(s)
+
+    def step_and_register():
+        batch = step(scheduler)
+        for s in batch.seqs:
+            if s.status is not Status.FINISHED:  # (the engine registers before freeing finished ones)
+                scheduler.kv.register_computed_blocks(s)
+        return batch
+
+    first = step_and_register()
+    assert first.seqs == [seqs[0]] and first.num_new_tokens == [14]  # the rest queue behind it (first come first)
+    second = step_and_register()
+    assert second.seqs == [seqs[0], seqs[1], seqs[2], unrelated]
+    assert second.num_new_tokens == [1, 2, 2, 10]  # the shared 12 tokens come from the cache
+    assert [s.prefix_hit_tokens for s in seqs] == [0, 12, 12]
