@@ -130,8 +130,6 @@ class Scheduler:
 
     def _blocks_being_written(self) -> set[int]:
         """Prefix-cache hashes of prompt blocks that running prefills will write but have not registered."""
-        if not getattr(self.kv, "prefix_cache", False):
-            return set()
         writing: set[int] = set()
         for seq in self.running:
             if seq.num_computed_tokens < seq.prompt_len:
@@ -141,16 +139,18 @@ class Scheduler:
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         # A prompt whose next uncached block a running prefill is writing waits for it, then reuses it:
         # 16 requests sharing a 400-token system prompt compute it once, not once per request in the step.
-        writing = self._blocks_being_written()
+        if not self.waiting:  # most decode steps: no hashing
+            return
+        shares = getattr(self.kv, "prefix_cache", False)
+        writing = self._blocks_being_written() if shares else set()
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             if not self._may_admit(seq):
                 break
             cached = self.kv.lookup_prefix(seq)
-            if writing:
-                wanted = self._prompt_block_hashes(seq)
-                if len(cached) < len(wanted) and wanted[len(cached)] in writing:
-                    break
+            wanted = self._prompt_block_hashes(seq) if shares else []
+            if len(cached) < len(wanted) and wanted[len(cached)] in writing:
+                break
             hit_tokens = len(cached) * self.kv.block_size
             seq.num_computed_tokens = hit_tokens
             num_new = self._num_new_tokens(seq, budget, not batch.seqs)
@@ -159,8 +159,7 @@ class Scheduler:
                 break
             self.kv.record_lookup(seq.num_tokens, hit_tokens)
             seq.prefix_hit_tokens += hit_tokens
-            if getattr(self.kv, "prefix_cache", False):
-                writing.update(self._prompt_block_hashes(seq)[len(cached) :])
+            writing.update(wanted[len(cached) :])
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
