@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+WAIT_POLICIES = ("PASSIVE", "ACTIVE")  # OMP_WAIT_POLICY values; unset = the OpenMP runtime's default
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 PACKAGES = ("torch", "transformers", "triton")
 
@@ -165,19 +166,26 @@ def startup_env(name: str) -> str | None:
     return next((e[len(prefix) :].decode(errors="replace") for e in entries if e.startswith(prefix)), None)
 
 
-def configure_threads(num_threads: int | None) -> dict[str, Any]:
-    """Set torch's thread count (None: leave it) and OMP_WAIT_POLICY=PASSIVE unless set.
+def configure_threads(num_threads: int | None, wait_policy: str | None = None) -> dict[str, Any]:
+    """Set torch's thread count (None: leave it) and, when given, OMP_WAIT_POLICY (PASSIVE or ACTIVE).
 
-    Spinning OpenMP workers made torch 3.5x slower here when another process shared the cores.
-    The OpenMP runtime reads OMP_WAIT_POLICY once, when torch is first imported; setting it later
-    reaches only child processes. `omp_wait_policy_runtime` is the value the runtime read:
-    "unset" for its default, None when it cannot be known (set in-process after start-up).
+    Unset, the OpenMP runtime keeps its default: libgomp's threads spin briefly at a barrier, then sleep.
+    On a quiet machine that is what a torch user gets, and PASSIVE (sleep at once) costs every small
+    parallel region a wake-up: batch-1 decode on own went from 25.7 to 37.7 ms per token here. On a
+    shared machine spinning threads fight the other process: the same decode took 87 ms spinning and
+    37.6 ms PASSIVE beside one busy process. The runtime reads the variable once, when torch is first
+    imported; setting it later reaches only child processes. `omp_wait_policy_runtime` is the value the
+    runtime read: "unset" for its default, None when it cannot be known (set in-process after start-up).
     """
+    if wait_policy is not None and wait_policy not in WAIT_POLICIES:
+        raise ValueError(f"wait_policy must be one of {', '.join(WAIT_POLICIES)} or None, got {wait_policy!r}")
     before = os.environ.get("OMP_WAIT_POLICY")
     runtime_loaded = "torch" in sys.modules
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if wait_policy is not None:
+        os.environ["OMP_WAIT_POLICY"] = wait_policy
+    current = os.environ.get("OMP_WAIT_POLICY")
     if not runtime_loaded:
-        runtime_policy: str | None = os.environ["OMP_WAIT_POLICY"]
+        runtime_policy: str | None = current or "unset"
     elif before is None:
         runtime_policy = "unset"
     else:
@@ -191,6 +199,6 @@ def configure_threads(num_threads: int | None) -> dict[str, Any]:
     return {
         "requested_threads": num_threads,
         "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "omp_wait_policy_runtime": runtime_policy,
     }

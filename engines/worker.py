@@ -26,10 +26,11 @@ PR_SET_PDEATHSIG = 1
 
 def start_engine(
     engine_path: str, spec: ModelSpec, technique: Technique, options: EngineOptions, device: str,
-    threads: int | None,
+    threads: int | None, wait_policy: str | None = None,
 ) -> tuple[Engine, dict[str, Any]]:  # fmt: skip
-    """Set threads (before torch loads), build the engine ("module:Class"), describe the machine."""
-    thread_facts = configure_threads(threads)
+    """Set threads and the OpenMP wait policy (before torch loads), build the engine ("module:Class"),
+    describe the machine."""
+    thread_facts = configure_threads(threads, wait_policy)
     device = resolve_device(device)
     module, cls = engine_path.split(":")
     engine = getattr(importlib.import_module(module), cls)(spec, technique, options, device)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -120,7 +119,8 @@ def main() -> None:
     out_root = Path(args.out or tempfile.mkdtemp(prefix="accuracy_cpu-"))
     names = args.engines.split(",")
     print(f"MMLU subjects ({len(subjects)}): {', '.join(subjects)}", flush=True)
-    print(f"data: {data_dir or 'hub'}; torch threads {args.threads}; dtype {model.dtype}; our batch {args.batch_size}"
+    print(f"data: {data_dir or 'hub'}; torch threads {args.threads} (OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}); dtype {model.dtype}; our batch {args.batch_size}"
           f" sequences/call; {LM_EVAL_HF} batch {args.lm_eval_batch_size}; {args.rounds} round(s); "
           f"samples under {out_root}", flush=True)  # fmt: skip
 

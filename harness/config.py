@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engines import ENGINES, options_class
 from engines.base import Technique
+from engines.environment import WAIT_POLICIES
 from harness.eval.config import EvalConfig
 from harness.experiment import ExperimentConfig
 from harness.hardware import HardwareConfig
@@ -233,6 +234,9 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)  # what a cluster job asks for; its price
     device: Device = Device.auto
     threads: int | None = None  # torch threads on CPU; None = one per core
+    # OpenMP threads at a barrier: PASSIVE sleeps at once (for a machine shared with other work), ACTIVE
+    # spins; None = the runtime's default (libgomp spins briefly, then sleeps), what a torch user gets
+    omp_wait_policy: str | None = None
     store: str = "results"  # results store: results.jsonl of every cell, used to reuse finished cells
     reuse: Reuse = Reuse.same_code  # which stored ok results stand in for measuring again
     isolation: Isolation = Isolation.process
@@ -241,6 +245,9 @@ class Config:
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 or null, got {self.threads}")
+        if self.omp_wait_policy is not None and self.omp_wait_policy not in WAIT_POLICIES:
+            raise ConfigError(f"omp_wait_policy must be one of {', '.join(WAIT_POLICIES)} or null, "
+                              f"got {self.omp_wait_policy!r}")  # fmt: skip
         if self.cell_timeout_s is not None and self.cell_timeout_s <= 0:
             raise ConfigError(f"cell_timeout_s must be > 0 or null, got {self.cell_timeout_s}")
 

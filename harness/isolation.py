@@ -101,7 +101,7 @@ class EngineProcess(Engine):
 
     def __init__(
         self, engine_path: str, spec: ModelSpec, technique: Technique, options: EngineOptions, device: str,
-        threads: int | None, log_path: Path, timeout_s: float | None,
+        threads: int | None, wait_policy: str | None, log_path: Path, timeout_s: float | None,
     ) -> None:  # fmt: skip
         self.timeout_s = timeout_s
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -110,7 +110,8 @@ class EngineProcess(Engine):
         # the harness's interpreter sees what we see; another one (an engine's own venv) only the repository
         paths = sys.path if python == sys.executable else [str(REPO_ROOT)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when the child's torch loads
+        if wait_policy is not None:  # read once, when the child's torch loads; unset, ours is inherited
+            env["OMP_WAIT_POLICY"] = wait_policy
         self.proc = subprocess.Popen(
             [python, "-m", "engines.worker", str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -121,7 +122,8 @@ class EngineProcess(Engine):
         self.log = LogTee(self.proc.stdout, log_path)
         self.log.start()
         self.closed = False
-        self.facts: dict[str, Any] = self.call("start", engine_path, spec, technique, options, device, threads)
+        self.facts: dict[str, Any] = self.call("start", engine_path, spec, technique, options, device, threads,
+                                                  wait_policy)  # fmt: skip
 
     def call(self, method: str, *args: Any, progress: ProgressFn | None = None) -> Any:
         try:

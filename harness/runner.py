@@ -131,7 +131,8 @@ def open_engine(config: Config, spec: ModelSpec, device: str, out_dir: Path, res
         raise UnsupportedTechnique(f"engine '{config.engine.name}' has no serving loop (scenario=serving needs one)")
     technique = cls.resolve_technique(config.technique, device)
     result["technique_applied"] = {k: getattr(v, "value", v) for k, v in asdict(technique).items()}
-    args = (ENGINES[config.engine.name][1], spec, technique, config.engine, device, config.threads)
+    args = (ENGINES[config.engine.name][1], spec, technique, config.engine, device, config.threads,
+            config.omp_wait_policy)  # fmt: skip
     if config.isolation is Isolation.process:
         engine = EngineProcess(*args, log_path=out_dir / "worker.log", timeout_s=config.cell_timeout_s)
         facts = engine.facts

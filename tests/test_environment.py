@@ -49,27 +49,32 @@ def test_git_state_outside_a_checkout_is_unknown_not_an_error(tmp_path):
     assert git_state(tmp_path) == {"git_sha": None, "git_dirty": None}
 
 
-def test_configure_threads_sets_torch_threads_and_a_passive_wait_policy_when_unset(monkeypatch):
+def test_configure_threads_sets_torch_threads_and_leaves_the_wait_policy_to_the_runtime(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     previous = torch.get_num_threads()
     try:
         applied = configure_threads(2)
         assert torch.get_num_threads() == 2
         assert applied["requested_threads"] == 2 and applied["torch_threads"] == 2
-        assert os.environ["OMP_WAIT_POLICY"] == applied["omp_wait_policy"] == "PASSIVE"
-        # torch was imported before the variable existed: its OpenMP runtime kept the default
+        assert "OMP_WAIT_POLICY" not in os.environ and applied["omp_wait_policy"] == "unset"
         assert applied["omp_wait_policy_runtime"] == "unset"
     finally:
         torch.set_num_threads(previous)
 
 
-def test_configure_threads_keeps_a_wait_policy_already_set(monkeypatch):
+def test_configure_threads_sets_a_wait_policy_when_asked_and_keeps_one_already_set(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     applied = configure_threads(None)
     assert applied["omp_wait_policy"] == "ACTIVE" and applied["requested_threads"] is None
     assert applied["torch_threads"] == torch.get_num_threads()
+    applied = configure_threads(None, "PASSIVE")
+    assert os.environ["OMP_WAIT_POLICY"] == applied["omp_wait_policy"] == "PASSIVE"
+    # torch loaded long before: what its runtime read cannot be known from here
+    assert applied["omp_wait_policy_runtime"] is None
     with pytest.raises(ValueError, match="num_threads"):
         configure_threads(0)
+    with pytest.raises(ValueError, match="wait_policy"):
+        configure_threads(None, "passive-ish")
 
 
 def run_fresh_python(code: str) -> dict:
@@ -80,6 +85,9 @@ def run_fresh_python(code: str) -> dict:
 
 
 def test_wait_policy_reaches_the_runtime_only_when_set_before_torch_loads():
-    call = "import json; from engines.environment import configure_threads; print(json.dumps(configure_threads(1)))"
+    call = ("import json; from engines.environment import configure_threads; "
+            "print(json.dumps(configure_threads(1, 'PASSIVE')))")  # fmt: skip
     assert run_fresh_python(call)["omp_wait_policy_runtime"] == "PASSIVE"
     assert run_fresh_python("import torch; " + call)["omp_wait_policy_runtime"] == "unset"
+    unset = run_fresh_python(call.replace(", 'PASSIVE'", ""))
+    assert unset["omp_wait_policy"] == unset["omp_wait_policy_runtime"] == "unset"

@@ -110,7 +110,7 @@ def test_score_tails_travels_to_the_engine_process_and_back(tmp_path):
     from harness.isolation import EngineProcess
 
     engine = EngineProcess("engines.fault.engine:FaultEngine", ModelSpec("m", None), Technique(), FaultOptions(),
-                           "cpu", 1, tmp_path / "worker.log", 60.0)  # fmt: skip
+                           "cpu", 1, None, tmp_path / "worker.log", 60.0)  # fmt: skip
     try:
         scored = engine.score_tails([[1, 2, 3, 4], [5, 6]], [2, 1])
         with pytest.raises(Exception, match="tail of sequence 1"):
@@ -118,3 +118,11 @@ def test_score_tails_travels_to_the_engine_process_and_back(tmp_path):
     finally:
         engine.close()
     assert [len(s.logprobs) for s in scored] == [2, 1]
+
+
+def test_the_cells_openmp_wait_policy_reaches_the_engine_process_before_torch_loads(tmp_path):
+    row, result = fault_cell(tmp_path, "active", "omp_wait_policy=ACTIVE")
+    assert row["status"] == "ok"
+    assert result["threads"]["omp_wait_policy"] == result["threads"]["omp_wait_policy_runtime"] == "ACTIVE"
+    row, _ = fault_cell(tmp_path, "bad", "omp_wait_policy=SPIN")
+    assert row["status"] == "failed" and "omp_wait_policy must be one of PASSIVE, ACTIVE" in row["reason"]
