@@ -19,7 +19,7 @@ class OwnOptions(EngineOptions):
     # longest sequence, prompt + output (vLLM's --max-model-len); None = the model's context. Contiguous KV
     # regions, CUDA-graph block tables and the default KV budget are sized from it.
     max_model_len: int | None = None
-    pack_weights: bool = True  # CPU, fp32/bf16: float linear weights in oneDNN's blocked layout
+    pack_weights: bool = True  # CPU, fp32/bf16: float linears (and a copy of the LM head) in oneDNN's layout
 
     def __post_init__(self) -> None:
         self.check_positive("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_bytes", "batch_size",

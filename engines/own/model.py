@@ -82,6 +82,7 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.final_norm = nn.Parameter(torch.ones(config.hidden_size))
         self.lm_head = None if config.tie_word_embeddings else nn.Parameter(torch.empty_like(self.embed))
+        self.packed_lm_head: nn.Module | None = None  # CPU: a oneDNN-packed copy (quant/apply.py)
         self.set_rope_tables(*cos_sin_table(config.rope, config.head_dim, max_position))
         self.attention = None  # set by the engine: an attention backend (engines/own/attention.py)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -111,7 +112,11 @@ class CausalLM(nn.Module):
             hidden = layer(hidden, cos, sin, kv_cache, meta, self.attention)
         return rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
 
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.embed if self.lm_head is None else self.lm_head
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits `[N, vocab]` for final-norm hidden rows `[N, hidden]`."""
-        weight = self.embed if self.lm_head is None else self.lm_head
-        return F.linear(hidden, weight).float()
+        if self.packed_lm_head is not None:
+            return self.packed_lm_head(hidden).float()
+        return F.linear(hidden, self.lm_head_weight()).float()
