@@ -27,10 +27,12 @@ from engines.base import Attention, ModelSpec, Request, SamplingParams, Techniqu
 from harness.models import embedded_model_dir  # noqa: E402
 
 
-def decode_ready_engine(dtype: str, attention: str | None, pack: bool, batch: int, prompt: int, device: str):
+def decode_ready_engine(dtype: str, attention: str | None, pack: bool, batch: int, prompt: int, device: str,
+                        layer_ops: bool = True):  # fmt: skip
     spec = ModelSpec("SmolLM2-135M-Instruct", str(embedded_model_dir()), dtype=dtype)
     technique = Technique(attention=Attention(attention) if attention else None)
-    engine = create_engine("own", spec, technique, dict(max_num_seqs=batch, kv_cache_bytes=2**30, pack_weights=pack),
+    engine = create_engine("own", spec, technique, dict(max_num_seqs=batch, kv_cache_bytes=2**30, pack_weights=pack,
+                                                                 cpp_layer_ops=layer_ops),
                            device)  # fmt: skip
     sampling = SamplingParams(max_tokens=10_000, ignore_eos=True)
     for i in range(batch):
@@ -51,9 +53,9 @@ def _inside_aten(event) -> bool:
     return False
 
 
-def profile_dtype(dtype: str, attention: str | None, pack: bool, batch: int, prompt: int, steps: int, rows: int,
-                  device: str) -> None:  # fmt: skip
-    engine = decode_ready_engine(dtype, attention, pack, batch, prompt, device)
+def profile_dtype(dtype: str, attention: str | None, pack: bool, layer_ops: bool, batch: int, prompt: int, steps: int,
+                  rows: int, device: str) -> None:  # fmt: skip
+    engine = decode_ready_engine(dtype, attention, pack, batch, prompt, device, layer_ops)
     llm = engine.llm
     for _ in range(3):
         llm.step()
@@ -71,7 +73,7 @@ def profile_dtype(dtype: str, attention: str | None, pack: bool, batch: int, pro
     top = sum(1 for e in prof.events() if e.name.startswith("aten::") and not _inside_aten(e))
     print(f"\n=== dtype={dtype} batch={batch} decode, context {prompt}-{prompt + batch} tokens, "
           f"threads={torch.get_num_threads()} load avg={os.getloadavg()} technique={engine.technique} "
-          f"weights={engine.weight_layout}")  # fmt: skip
+          f"weights={engine.weight_layout} layer_ops={engine.layer_ops}")  # fmt: skip
     print(f"step time (unprofiled, {steps} steps): median {1e3 * statistics.median(times):.1f} ms, "
           f"min {1e3 * min(times):.1f} ms -> {batch / statistics.median(times):.0f} tok/s")  # fmt: skip
     print(f"aten ops per step: {top / steps:.0f} top-level, {ops / steps:.0f} at all levels")
@@ -91,13 +93,16 @@ def main() -> None:
     parser.add_argument("--attention", nargs="+", default=[None], help="backends to profile in turn (default: own's)")
     parser.add_argument("--pack-weights", nargs="+", choices=["on", "off"], default=["on"],
                         help="engine.pack_weights values to profile in turn")
+    parser.add_argument("--layer-ops", nargs="+", choices=["cpp", "torch"], default=["cpp"],
+                        help="engine.cpp_layer_ops on (cpp) or off (torch), in turn")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for dtype in args.dtype:
         for attention in args.attention:
             for pack in args.pack_weights:
-                profile_dtype(dtype, attention, pack == "on", args.batch, args.prompt, args.steps, args.rows,
-                              args.device)  # fmt: skip
+                for ops in args.layer_ops:
+                    profile_dtype(dtype, attention, pack == "on", ops == "cpp", args.batch, args.prompt, args.steps,
+                                  args.rows, args.device)  # fmt: skip
 
 
 if __name__ == "__main__":

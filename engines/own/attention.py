@@ -5,7 +5,7 @@
   prefill. SDPA must get 4-D inputs: on this CPU (2 threads, 9 heads) a 2,500-token causal prefill took
   95 ms with 4-D inputs and 827 ms with 3-D ones (the unfused math fallback). Decode of 8 rows over 400 keys:
   0.85 ms in SDPA vs 5.4 ms as matmuls (small strided batched matmuls).
-- cpp (CPU): decode rows through our C++ kernel (`engines/own/kernels/cpu_paged.py`), which reads the
+- cpp (CPU): decode rows through our C++ kernel (`engines/own/kernels/cpu_kernels.py`), which reads the
   paged cache in place; prefill as sdpa. A batch-32 decode step over ~430 keys, 2 threads
   (experiments/profile_decode.py): bf16 102-124 ms with sdpa, 80 ms with cpp; fp32 220 ms vs 169 ms.
 - triton: the kernels helper's functions (`engines/own/kernels`), decode and prefill parts apart.
@@ -220,13 +220,13 @@ def make_attention(name: str, device: torch.device) -> KernelAttention | Gathere
     if name == "cpp":
         if device.type != "cpu":
             raise ValueError("cpp attention runs on the CPU only")
-        from engines.own.kernels import cpu_paged
+        from engines.own.kernels import cpu_kernels
 
         try:
-            cpu_paged.extension()
+            cpu_kernels.extension()
         except (ImportError, OSError, RuntimeError) as exc:
             raise ValueError(f"the C++ attention kernel did not build: {exc}") from exc
-        return CppAttention(cpu_paged.paged_decode_attention)
+        return CppAttention(cpu_kernels.paged_decode_attention)
     if name == "triton":
         import os
 

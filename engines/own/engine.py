@@ -39,7 +39,7 @@ from engines.own.kv_pool import (
 from engines.own.llm_engine import CoreConfig, LLMEngine
 from engines.dtypes import torch_dtype
 from engines.memory import release_memory
-from engines.own.kernels.cpu_paged import builds as cpu_kernel_builds
+from engines.own.kernels import cpu_kernels
 from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.quant.apply import DEFAULT_INT4_GROUP, pack_float_linears, quantize_model
@@ -82,7 +82,7 @@ class OwnEngine(Engine):
         if device.startswith("cuda"):
             return {**cls.defaults, **cls.cuda_defaults}
         # CPU: our C++ decode kernel where it builds (once per machine); otherwise sdpa, saying why
-        return {**cls.defaults, "attention": Attention.cpp if cpu_kernel_builds() else Attention.sdpa}
+        return {**cls.defaults, "attention": Attention.cpp if cpu_kernels.builds() else Attention.sdpa}
 
     @classmethod
     def resolve_technique(cls, requested: Technique, device: str = "cpu") -> Technique:
@@ -116,6 +116,7 @@ class OwnEngine(Engine):
         self.model, hf_config = load_model(model, self.device, options.max_model_len)
         self.quantization = quantize_model(self.model, technique.quant.value, technique.quant_group_size)
         self.weight_layout = pack_float_linears(self.model, options.max_num_seqs) if options.pack_weights else "plain"
+        self.layer_ops = self._bind_layer_ops(options.cpp_layer_ops, torch_dtype(model.dtype))
         config = self.model.config
         try:
             attention = make_attention(technique.attention.value, self.device)
@@ -168,6 +169,17 @@ class OwnEngine(Engine):
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _bind_layer_ops(self, wanted: bool, dtype: torch.dtype) -> str:
+        """Our C++ layer ops on the CPU in fp32/bf16 where they build; else torch's. Returns which, and why."""
+        if not wanted:
+            return "torch (cpp_layer_ops=false)"
+        if self.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+            return "torch (the C++ layer ops are for float32 and bfloat16 on the CPU)"
+        if not cpu_kernels.builds():
+            return "torch (the C++ kernels do not build here)"
+        self.model.ops = cpu_kernels.extension()
+        return "cpp"
 
     def _profiled_gpu_budget(self, attention, options: OwnOptions) -> int:
         """KV bytes as vLLM sizes them: utilisation x total, less weights, the profiled peak of the largest
@@ -223,6 +235,7 @@ class OwnEngine(Engine):
             block_size=self.options.block_size,
             quantization=self.quantization,
             weight_layout=self.weight_layout,
+            layer_ops=self.layer_ops,
         )
         if self.device.type == "cuda":
             stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)

@@ -25,6 +25,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
 
 
+class TorchLayerOps:
+    """A decoder layer's elementwise work in torch ops (any device). The C++ extension of the CPU
+    (kernels/cpu_kernels.py) offers the same two functions, one call each, rounding the same way."""
+
+    @staticmethod
+    def add_rms_norm(
+        x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rms_norm(x + residual), x + residual), the sum in the model dtype as HF's residual adds."""
+        if residual is not None:
+            x = residual + x
+        return rms_norm(x, weight, eps), x
+
+    rope = staticmethod(apply_rope)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -45,15 +61,18 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,
+        residual: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         meta: AttnMetadata,
         attention,
-    ) -> torch.Tensor:
+        ops,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's MLP output, the residual stream before it): the next layer (or the final norm)
+        adds the two, fused with its norm."""
         tokens = hidden.shape[0]
-        residual = hidden
-        hidden = rms_norm(hidden, self.input_norm, self.eps)
+        hidden, residual = ops.add_rms_norm(hidden, residual, self.input_norm, self.eps)
         qkv = self.qkv(hidden)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         qk, v = qkv.split((q_size + kv_size, kv_size), dim=-1)
@@ -62,14 +81,13 @@ class DecoderLayer(nn.Module):
         if self.q_norm is not None:
             qk = torch.cat([rms_norm(qk[:, : self.num_heads], self.q_norm, self.eps),
                             rms_norm(qk[:, self.num_heads :], self.k_norm, self.eps)], dim=1)  # fmt: skip
-        qk = apply_rope(qk, cos, sin)  # q and k heads rotate together: one set of ops for both
+        qk = ops.rope(qk, cos, sin)  # q and k heads rotate together: one set of ops for both
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         attn = attention.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.head_dim**-0.5)
-        hidden = residual + self.o(attn.reshape(tokens, q_size))
-        residual = hidden
-        hidden = rms_norm(hidden, self.post_attn_norm, self.eps)
+        hidden, residual = ops.add_rms_norm(self.o(attn.reshape(tokens, q_size)), residual, self.post_attn_norm,
+                                            self.eps)  # fmt: skip
         gate, up = self.gate_up(hidden).chunk(2, dim=-1)
-        return residual + self.down(F.silu(gate) * up)
+        return self.down(F.silu(gate) * up), residual
 
 
 class CausalLM(nn.Module):
@@ -85,6 +103,7 @@ class CausalLM(nn.Module):
         self.packed_lm_head: nn.Module | None = None  # CPU: a oneDNN-packed copy (quant/apply.py)
         self.set_rope_tables(*cos_sin_table(config.rope, config.head_dim, max_position))
         self.attention = None  # set by the engine: an attention backend (engines/own/attention.py)
+        self.ops = TorchLayerOps  # or, set by the engine on the CPU, the C++ extension (same two functions)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.block_size = 16
 
@@ -108,9 +127,10 @@ class CausalLM(nn.Module):
         hidden = F.embedding(input_ids, self.embed)
         dtype = hidden.dtype
         cos, sin = self.rope_cos[positions].to(dtype), self.rope_sin_signed[positions].to(dtype)
+        residual = None
         for layer, kv_cache in islice(zip(self.layers, self.kv_caches), num_layers):
-            hidden = layer(hidden, cos, sin, kv_cache, meta, self.attention)
-        return rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
+            hidden, residual = layer(hidden, residual, cos, sin, kv_cache, meta, self.attention, self.ops)
+        return self.ops.add_rms_norm(hidden, residual, self.final_norm, self.config.rms_norm_eps)[0]
 
     def lm_head_weight(self) -> torch.Tensor:
         return self.embed if self.lm_head is None else self.lm_head

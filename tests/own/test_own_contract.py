@@ -18,7 +18,7 @@ from engines.base import (
     UnsupportedTechnique,
 )
 from engines.own.engine import OwnEngine
-from engines.own.kernels import cpu_paged
+from engines.own.kernels import cpu_kernels
 
 TINY = {
     "model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128,
@@ -46,7 +46,7 @@ def greedy(engine, prompts, max_tokens=8, **sampling):
 
 def test_defaults_are_the_best_set_and_follow_the_kv_mode():
     best = OwnEngine.resolve_technique(Technique())
-    cpu_attention = Attention.cpp if cpu_paged.builds() else Attention.sdpa
+    cpu_attention = Attention.cpp if cpu_kernels.builds() else Attention.sdpa
     assert (best.kv_cache, best.prefix_cache, best.chunked_prefill, best.attention) == (
         KVCache.paged, True, True, cpu_attention)  # fmt: skip
     contiguous = OwnEngine.resolve_technique(Technique(kv_cache=KVCache.contiguous))

@@ -4,6 +4,7 @@
 // One task per (sequence, KV head): the group's query heads share every K/V row they read.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <cstdint>
 #include <algorithm>
@@ -171,7 +172,19 @@ at::Tensor decode_values(const at::Tensor& probs_in, const at::Tensor& v_cache, 
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_scores", &decode_scores, "q.K over the paged cache");
-  m.def("decode_values", &decode_values, "P.V over the paged cache");
+namespace infermatrix {
+
+// One call per layer: scores, torch's softmax, then P.V; each half is named in profiles.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& tables, const at::Tensor& lens, double scale) {
+  at::Tensor scores;
+  {
+    RECORD_FUNCTION("infermatrix::cpp_decode_scores", std::vector<c10::IValue>());
+    scores = decode_scores(q, k_cache, tables, lens, scale);
+  }
+  const at::Tensor probs = scores.softmax(-1);
+  RECORD_FUNCTION("infermatrix::cpp_decode_values", std::vector<c10::IValue>());
+  return decode_values(probs, v_cache, tables, lens);
 }
+
+}  // namespace infermatrix

@@ -1,0 +1,18 @@
+// The CPU extension's Python bindings (engines/own/kernels/cpu_kernels.py).
+#include <torch/extension.h>
+
+#include <tuple>
+
+namespace infermatrix {
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& tables, const at::Tensor& lens, double scale);
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
+                                                const at::Tensor& weight, double eps);
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin_signed);
+}  // namespace infermatrix
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_attention", &infermatrix::decode_attention, "paged decode attention: q.K, softmax, P.V");
+  m.def("add_rms_norm", &infermatrix::add_rms_norm, "(rms_norm(x + residual) * w, x + residual)");
+  m.def("rope", &infermatrix::rope, "rotate-half RoPE over q|k heads");
+}

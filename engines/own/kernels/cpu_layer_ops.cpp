@@ -1,0 +1,121 @@
+// Per-layer elementwise work of a decoder layer for the CPU, one call each instead of 4-8 torch ops:
+// residual add + RMSNorm, and rotate-half RoPE over q|k. Rounding follows the torch reference in
+// engines/own/model.py step by step (float32 math, rounded to the model dtype where torch rounds); the
+// extension is built with -ffp-contract=off so no multiply-add is fused into one rounding.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+
+namespace {
+
+inline float widen(float x) { return x; }
+inline float widen(at::BFloat16 x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x.x) << 16); }
+// float -> model dtype -> float: the value torch keeps after an op in that dtype
+inline float round_to(float x, float) { return x; }
+inline float round_to(float x, at::BFloat16) { return widen(static_cast<at::BFloat16>(x)); }
+
+constexpr int64_t kRowsPerTask = 16;
+
+// out = norm(h) * w with h = x (+ residual); HF's Llama: float32 normalise, round, then scale in the dtype
+template <typename scalar_t>
+void add_rms_norm_impl(const scalar_t* x, const scalar_t* residual, const scalar_t* w, scalar_t* out,
+                       scalar_t* sum_out, int64_t rows, int64_t n, float eps) {
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* xr = x + r * n;
+      scalar_t* hr = sum_out + r * n;
+      float squares = 0.f;
+      if (residual != nullptr) {
+        const scalar_t* rr = residual + r * n;
+        for (int64_t i = 0; i < n; ++i) hr[i] = static_cast<scalar_t>(widen(rr[i]) + widen(xr[i]));
+      }
+      const scalar_t* h = residual != nullptr ? hr : xr;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t i = 0; i < n; ++i) squares += widen(h[i]) * widen(h[i]);
+      const float inv = 1.f / std::sqrt(squares / static_cast<float>(n) + eps);
+      scalar_t* o = out + r * n;
+      for (int64_t i = 0; i < n; ++i) {
+        const float normed = round_to(widen(h[i]) * inv, scalar_t{});
+        o[i] = static_cast<scalar_t>(normed * widen(w[i]));
+      }
+    }
+  });
+}
+
+// out[t, h, i] = x[t, h, i] * cos[t, i] + x[t, h, (i + D/2) % D] * sin_signed[t, i], each product and the
+// sum rounded to the dtype (torch's `x * cos`, `roll(x) * sin`, `+=`)
+template <typename scalar_t>
+void rope_impl(const scalar_t* x, int64_t token_stride, const scalar_t* cos, const scalar_t* sin, scalar_t* out,
+               int64_t tokens, int64_t heads, int64_t D) {
+  const int64_t half = D / 2;
+  at::parallel_for(0, tokens, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const scalar_t* c = cos + t * D;
+      const scalar_t* s = sin + t * D;
+      for (int64_t h = 0; h < heads; ++h) {
+        const scalar_t* xh = x + t * token_stride + h * D;
+        scalar_t* oh = out + (t * heads + h) * D;
+        for (int64_t i = 0; i < D; ++i) {
+          const float direct = round_to(widen(xh[i]) * widen(c[i]), scalar_t{});
+          const float rotated = round_to(widen(xh[i < half ? i + half : i - half]) * widen(s[i]), scalar_t{});
+          oh[i] = static_cast<scalar_t>(direct + rotated);
+        }
+      }
+    }
+  });
+}
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name, " must be float32 or bfloat16");
+}
+
+}  // namespace
+
+namespace infermatrix {
+
+// (normed, x + residual) for rows [..., n]; without a residual the second is x itself.
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x_in, const c10::optional<at::Tensor>& residual_in,
+                                                const at::Tensor& weight_in, double eps) {
+  check_float(x_in, "x");
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = weight_in.to(x.scalar_type()).contiguous();
+  const int64_t n = x.size(-1), rows = n ? x.numel() / n : 0;
+  TORCH_CHECK(weight.numel() == n, "the norm weight must have the rows' width");
+  at::Tensor residual, sum = x;
+  if (residual_in.has_value()) {
+    residual = residual_in->contiguous();
+    TORCH_CHECK(residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(),
+                "the residual must match x in shape and dtype");
+    sum = at::empty_like(x);
+  }
+  at::Tensor out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "add_rms_norm", [&] {
+    add_rms_norm_impl<scalar_t>(x.data_ptr<scalar_t>(), residual.defined() ? residual.data_ptr<scalar_t>() : nullptr,
+                                weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), sum.data_ptr<scalar_t>(),
+                                rows, n, static_cast<float>(eps));
+  });
+  return {out, sum};
+}
+
+// x [T, heads, D] with each token's heads contiguous (a slice of the fused qkv rows is fine); cos and
+// sin_signed [T, D] in x's dtype. Returns a new contiguous [T, heads, D].
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor& sin_in) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2), "x [T, heads, D], heads contiguous");
+  TORCH_CHECK(x.size(2) % 2 == 0, "head_dim must be even");
+  const at::Tensor cos = cos_in.to(x.scalar_type()).contiguous(), sin = sin_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(cos.dim() == 2 && cos.size(0) == x.size(0) && cos.size(1) == x.size(2) && sin.sizes() == cos.sizes(),
+              "cos and sin [T, D]");
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "rope", [&] {
+    rope_impl<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), cos.data_ptr<scalar_t>(), sin.data_ptr<scalar_t>(),
+                        out.data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2));
+  });
+  return out;
+}
+
+}  // namespace infermatrix

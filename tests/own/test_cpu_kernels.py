@@ -1,0 +1,91 @@
+"""Our C++ CPU kernels: the decode kernel (attention=cpp) equals the torch reference, reading only each sequence's
+own slots; the layer ops equal the torch ops they replace: RoPE and the residual add bit for bit, RMSNorm within a few
+roundings (another summation order)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_kernels import TOLERANCE, paged_batch
+
+from engines.own.kernels import cpu_kernels, reference
+from engines.own.model import TorchLayerOps
+from engines.own.rope import signed_sin
+
+pytestmark = pytest.mark.skipif(cpu_kernels.missing_toolchain() is not None, reason="no C++ toolchain here")
+
+
+@pytest.mark.parametrize(
+    "heads, kv_heads, dim, block_size, lengths, dtype",
+    [
+        (9, 3, 64, 16, [1, 15, 16, 17, 200], torch.float32),  # SmolLM2's heads; lengths around block edges
+        (9, 3, 64, 16, [1, 15, 16, 17, 200], torch.bfloat16),
+        (8, 8, 128, 16, [5, 64, 100], torch.bfloat16),  # no GQA, head_dim 128
+        (4, 2, 32, 8, [3, 33], torch.float32),  # a head size the kernel does not specialise
+        (6, 2, 64, 32, [70, 1], torch.bfloat16),
+    ],
+)
+def test_decode_matches_the_reference(heads, kv_heads, dim, block_size, lengths, dtype):
+    batch = paged_batch(lengths, block_size, kv_heads, dim, dtype)  # slots no sequence owns hold NaN
+    q = torch.randn(len(lengths), heads, dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+    args = (batch.k_cache, batch.v_cache, batch.block_tables, batch.context_lens, dim**-0.5)
+    out = cpu_kernels.paged_decode_attention(q, *args)
+    expected = reference.paged_decode_attention(q, *args)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert not out.isnan().any()
+    torch.testing.assert_close(out.float(), expected.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+def test_decode_reads_queries_from_a_strided_view():
+    batch = paged_batch([40, 7], 16, 3, 64, torch.float32)
+    packed = torch.randn(2, 15, 64)  # q heads, then k and v heads, as a fused projection leaves them
+    q = packed[:, :9]
+    args = (batch.k_cache, batch.v_cache, batch.block_tables, batch.context_lens, 0.125)
+    torch.testing.assert_close(cpu_kernels.paged_decode_attention(q, *args),
+                               reference.paged_decode_attention(q.contiguous(), *args))  # fmt: skip
+
+
+def test_a_context_longer_than_its_block_table_is_refused():
+    batch = paged_batch([20], 16, 3, 64, torch.float32)
+    with pytest.raises(RuntimeError, match="longer than its block table"):
+        cpu_kernels.paged_decode_attention(torch.randn(1, 9, 64), batch.k_cache, batch.v_cache,
+                                         batch.block_tables, torch.tensor([1000], dtype=torch.int32), 0.125)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, width", [(1, 576), (37, 576), (5, 100)])  # a decode row, a prefill chunk, odd width
+def test_residual_add_is_bit_exact_and_rms_norm_within_a_few_roundings_of_the_torch_ops(rows, width, dtype):
+    gen = torch.Generator().manual_seed(rows)
+    x, residual = (torch.randn(rows, width, generator=gen).mul(4).to(dtype) for _ in range(2))
+    weight = torch.rand(width, generator=gen).add(0.5).to(dtype)
+    ext = cpu_kernels.extension()
+    for res in (residual, None):
+        normed, summed = ext.add_rms_norm(x, res, weight, 1e-5)
+        want_normed, want_summed = TorchLayerOps.add_rms_norm(x, res, weight, 1e-5)
+        assert normed.dtype == dtype and summed.shape == x.shape
+        torch.testing.assert_close(summed, want_summed, rtol=0, atol=0)
+        # the mean of squares sums in another order than torch's (and torch scales in another order)
+        torch.testing.assert_close(normed, want_normed, rtol=4 * torch.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_equals_the_torch_ops_bit_for_bit_on_a_slice_of_fused_qkv_rows(dtype):
+    gen = torch.Generator().manual_seed(0)
+    tokens, heads, kv_heads, dim = 7, 9, 3, 64
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+    qk = qkv[:, : (heads + kv_heads) * dim].view(tokens, heads + kv_heads, dim)  # strided, as the model has it
+    angles = torch.rand(tokens, dim, generator=gen) * 100
+    cos, sin = angles.cos().to(dtype), signed_sin(angles.sin()).to(dtype)
+    out = cpu_kernels.extension().rope(qk, cos, sin)
+    assert out.is_contiguous() and out.shape == qk.shape
+    torch.testing.assert_close(out, TorchLayerOps.rope(qk, cos, sin), rtol=0, atol=0)
+
+
+def test_the_layer_ops_refuse_what_they_cannot_read():
+    ext = cpu_kernels.extension()
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ext.add_rms_norm(torch.ones(2, 8, dtype=torch.float16), None, torch.ones(8), 1e-5)
+    with pytest.raises(RuntimeError, match="width"):
+        ext.add_rms_norm(torch.ones(2, 8), None, torch.ones(9), 1e-5)
+    with pytest.raises(RuntimeError, match="heads contiguous"):
+        ext.rope(torch.ones(3, 4, 8).transpose(0, 1), torch.ones(4, 8), torch.ones(4, 8))
