@@ -20,7 +20,7 @@ class OwnOptions(EngineOptions):
     # regions, CUDA-graph block tables and the default KV budget are sized from it.
     max_model_len: int | None = None
     pack_weights: bool = True  # CPU, fp32/bf16: float linears (and a copy of the LM head) in oneDNN's layout
-    cpp_layer_ops: bool = True  # CPU, fp32/bf16: residual add + RMSNorm and RoPE through our C++ kernels
+    cpp_layer_ops: bool = True  # CPU, fp32/bf16: residual add + RMSNorm, RoPE, SwiGLU in C++ calls
 
     def __post_init__(self) -> None:
         self.check_positive("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_bytes", "batch_size",

@@ -27,7 +27,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 class TorchLayerOps:
     """A decoder layer's elementwise work in torch ops (any device). The C++ extension of the CPU
-    (kernels/cpu_kernels.py) offers the same two functions, one call each, rounding the same way."""
+    (kernels/cpu_kernels.py) offers the same three functions, one call each, rounding the same way."""
 
     @staticmethod
     def add_rms_norm(
@@ -39,6 +39,12 @@ class TorchLayerOps:
         return rms_norm(x, weight, eps), x
 
     rope = staticmethod(apply_rope)
+
+    @staticmethod
+    def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+        """SwiGLU's silu(gate) * up over the fused projection's [gate | up] halves."""
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
 
 class DecoderLayer(nn.Module):
@@ -86,8 +92,7 @@ class DecoderLayer(nn.Module):
         attn = attention.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.head_dim**-0.5)
         hidden, residual = ops.add_rms_norm(self.o(attn.reshape(tokens, q_size)), residual, self.post_attn_norm,
                                             self.eps)  # fmt: skip
-        gate, up = self.gate_up(hidden).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up), residual
+        return self.down(ops.silu_mul(self.gate_up(hidden))), residual
 
 
 class CausalLM(nn.Module):
@@ -103,7 +108,7 @@ class CausalLM(nn.Module):
         self.packed_lm_head: nn.Module | None = None  # CPU: a oneDNN-packed copy (quant/apply.py)
         self.set_rope_tables(*cos_sin_table(config.rope, config.head_dim, max_position))
         self.attention = None  # set by the engine: an attention backend (engines/own/attention.py)
-        self.ops = TorchLayerOps  # or, set by the engine on the CPU, the C++ extension (same two functions)
+        self.ops = TorchLayerOps  # or, set by the engine on the CPU, the C++ extension (same functions)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.block_size = 16
 

@@ -1,5 +1,5 @@
 """Our C++ CPU kernels: the decode kernel (attention=cpp) equals the torch reference, reading only each sequence's
-own slots; the layer ops equal the torch ops they replace: RoPE and the residual add bit for bit, RMSNorm within a few
+own slots; the layer ops equal the torch ops they replace: RoPE, SwiGLU and the residual add bit for bit, RMSNorm within a few
 roundings (another summation order)."""
 
 from __future__ import annotations
@@ -79,6 +79,13 @@ def test_rope_equals_the_torch_ops_bit_for_bit_on_a_slice_of_fused_qkv_rows(dtyp
     out = cpu_kernels.extension().rope(qk, cos, sin)
     assert out.is_contiguous() and out.shape == qk.shape
     torch.testing.assert_close(out, TorchLayerOps.rope(qk, cos, sin), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_equals_the_torch_ops_bit_for_bit(dtype):
+    gate_up = torch.randn(5, 2 * 96, generator=torch.Generator().manual_seed(2)).mul(3).to(dtype)
+    torch.testing.assert_close(cpu_kernels.extension().silu_mul(gate_up), TorchLayerOps.silu_mul(gate_up),
+                               rtol=0, atol=0)  # fmt: skip
 
 
 def test_the_layer_ops_refuse_what_they_cannot_read():

@@ -55,10 +55,13 @@ def test_defaults_are_the_best_set_and_follow_the_kv_mode():
     assert (none.prefix_cache, none.chunked_prefill) == (False, False)
 
 
-def test_cpu_default_attention_falls_back_to_sdpa_where_the_cpp_kernel_does_not_build(monkeypatch):
-    monkeypatch.setattr("engines.own.engine.cpu_kernel_builds", lambda: False)
+def test_cpu_defaults_fall_back_to_sdpa_and_torch_layer_ops_where_the_cpp_kernels_do_not_build(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "builds", lambda: False)
     assert OwnEngine.resolve_technique(Technique()).attention == Attention.sdpa
-    monkeypatch.setattr("engines.own.engine.cpu_kernel_builds", lambda: True)
+    spec = ModelSpec("tiny", None, random_config=dict(TINY), seed=0)
+    engine = create_engine("own", spec, Technique(), dict(kv_cache_bytes=1 << 22), "cpu")
+    assert engine.stats()["layer_ops"] == "torch (the C++ kernels do not build here)"
+    monkeypatch.setattr(cpu_kernels, "builds", lambda: True)
     assert OwnEngine.resolve_technique(Technique()).attention == Attention.cpp
 
 

@@ -82,6 +82,12 @@ def test_cpp_decode_kernel_gives_the_same_tokens_as_sdpa(smollm2_dir, prompts, b
     assert tokens == baseline
 
 
+def test_torch_layer_ops_give_the_same_tokens_as_our_cpp_ones(smollm2_dir, prompts, baseline):
+    tokens, stats = run(smollm2_dir, prompts, cpp_layer_ops=False)
+    assert stats["layer_ops"] == "torch (cpp_layer_ops=false)"
+    assert tokens == baseline
+
+
 def test_forced_preemption_with_a_tiny_kv_pool_gives_the_same_tokens(smollm2_dir, prompts, baseline):
     tokens, stats = run(smollm2_dir, prompts, kv_cache_bytes=24 * 16 * 46080)  # 24 blocks = 384 token slots
     assert stats["preemptions"] > 0

@@ -9,10 +9,12 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
 std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
                                                 const at::Tensor& weight, double eps);
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin_signed);
+at::Tensor silu_mul(const at::Tensor& gate_up);
 }  // namespace infermatrix
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &infermatrix::decode_attention, "paged decode attention: q.K, softmax, P.V");
   m.def("add_rms_norm", &infermatrix::add_rms_norm, "(rms_norm(x + residual) * w, x + residual)");
   m.def("rope", &infermatrix::rope, "rotate-half RoPE over q|k heads");
+  m.def("silu_mul", &infermatrix::silu_mul, "silu(gate) * up over the fused gate|up rows");
 }

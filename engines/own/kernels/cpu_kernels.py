@@ -1,5 +1,6 @@
 """Our C++ kernels for the CPU, built on first use: paged decode attention (`cpu_paged_attention.cpp`) and a
-decoder layer's elementwise work (`cpu_layer_ops.cpp`), bound in `cpu_kernels.cpp`.
+decoder layer's elementwise work (`cpu_layer_ops.cpp`: residual add + RMSNorm, RoPE, SwiGLU), bound in
+`cpu_kernels.cpp`.
 
 Decode over gathered K/V spent most of a CPU decode step in `index_select` and SDPA's flash kernel, which
 is tuned for long queries, not 1-3 query rows per KV head. The attention kernel reads each K/V row once, in

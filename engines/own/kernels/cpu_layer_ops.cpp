@@ -1,5 +1,5 @@
 // Per-layer elementwise work of a decoder layer for the CPU, one call each instead of 4-8 torch ops:
-// residual add + RMSNorm, and rotate-half RoPE over q|k. Rounding follows the torch reference in
+// residual add + RMSNorm, rotate-half RoPE over q|k, and SwiGLU's silu(gate) * up. Rounding follows the torch reference in
 // engines/own/model.py step by step (float32 math, rounded to the model dtype where torch rounds); the
 // extension is built with -ffp-contract=off so no multiply-add is fused into one rounding.
 #include <torch/extension.h>
@@ -116,6 +116,14 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor&
                         out.data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2));
   });
   return out;
+}
+
+// silu(gate) * up for gate_up [..., 2I] (the fused projection's two halves): torch's silu and multiply,
+// called from here to save the Python dispatches of a chunk, a silu and a multiply.
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  const int64_t width = gate_up.size(-1) / 2;
+  at::Tensor out = at::silu(gate_up.narrow(-1, 0, width));
+  return out.mul_(gate_up.narrow(-1, width, width));
 }
 
 }  // namespace infermatrix
