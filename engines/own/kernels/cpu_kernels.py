@@ -53,8 +53,7 @@ def extension() -> ModuleType:
     return load(
         name=f"infermatrix_cpu_{_cpu_tag()}",
         sources=[str(source) for source in SOURCES],
-        # no fused multiply-add: the layer ops round each product as torch does
-        extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"],
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
         verbose=False,
     )

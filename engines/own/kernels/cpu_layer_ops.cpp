@@ -1,13 +1,15 @@
 // Per-layer elementwise work of a decoder layer for the CPU, one call each instead of 4-8 torch ops:
 // residual add + RMSNorm, rotate-half RoPE over q|k, and SwiGLU's silu(gate) * up. Rounding follows the torch reference in
-// engines/own/model.py step by step (float32 math, rounded to the model dtype where torch rounds); the
-// extension is built with -ffp-contract=off so no multiply-add is fused into one rounding.
+// engines/own/model.py step by step (float32 math, rounded to the model dtype where torch rounds), and no
+// multiply-add is fused into one rounding here (the pragma below; the attention kernels keep their FMAs).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+
+#pragma GCC optimize("fp-contract=off")
 
 namespace {
 
