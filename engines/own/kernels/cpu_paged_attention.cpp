@@ -5,6 +5,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <cstdint>
 #include <algorithm>
@@ -48,6 +51,27 @@ inline void for_each_row(const scalar_t* cache, const int32_t* table, int64_t le
   }
 }
 
+// q.k over D floats. With AVX-512 and D a multiple of 32, two vector accumulators and one tree reduction:
+// the compiler's loop summed the 16 lanes one after another, a chain of 16 dependent adds per score that
+// made the scores kernel 20-30% slower (measured in one process, alternating, bf16, batch 32 x 430 keys).
+template <int kD>
+inline float dot(const float* q, const float* k, int64_t D) {
+#if defined(__AVX512F__)
+  if constexpr (kD > 0 && kD % 32 == 0) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int64_t d = 0; d < kD; d += 32) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16), _mm512_loadu_ps(k + d + 16), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  }
+#endif
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t d = 0; d < D; ++d) sum += q[d] * k[d];
+  return sum;
+}
+
 // D is a template constant for the usual head sizes (the compiler unrolls and vectorizes), 0 = any.
 template <typename scalar_t, int kD>
 void scores_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& tables, const at::Tensor& lens,
@@ -74,13 +98,7 @@ void scores_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) widened[d] = widen(row[d]);
         }
-        for (int64_t g = 0; g < G; ++g) {
-          const float* qg = query.data() + g * D;
-          float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t d = 0; d < D; ++d) dot += qg[d] * key[d];
-          row_scores[g * s.max_len + t] = dot;
-        }
+        for (int64_t g = 0; g < G; ++g) row_scores[g * s.max_len + t] = dot<kD>(query.data() + g * D, key, D);
       });
       for (int64_t g = 0; g < G; ++g)
         std::fill(row_scores + g * s.max_len + len, row_scores + (g + 1) * s.max_len,
