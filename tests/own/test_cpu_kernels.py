@@ -23,6 +23,8 @@ pytestmark = pytest.mark.skipif(cpu_kernels.missing_toolchain() is not None, rea
         (8, 8, 128, 16, [5, 64, 100], torch.bfloat16),  # no GQA, head_dim 128
         (4, 2, 32, 8, [3, 33], torch.float32),  # a head size the kernel does not specialise
         (6, 2, 64, 32, [70, 1], torch.bfloat16),
+        (10, 2, 64, 16, [33, 90], torch.float32),  # a group of 5: query heads in chunks of 4 and 1
+        (12, 4, 128, 16, [48, 2], torch.bfloat16),  # head_dim 128, a group of 3: chunks of 2 and 1
     ],
 )
 def test_decode_matches_the_reference(heads, kv_heads, dim, block_size, lengths, dtype):

@@ -1,14 +1,21 @@
 // Paged decode attention for CPU, reading K/V in place from the paged cache (no per-layer gather).
 // Cache layout per layer: [num_blocks, block_size, num_kv_heads, head_dim], float32 or bfloat16.
-// Two kernels around a torch softmax: scores = q.K (fp32, -inf past each context), then out = P.V.
-// One task per (sequence, KV head): the group's query heads share every K/V row they read.
+// One task per (sequence, KV head), in one pass: q.K for the group's query heads into a task-local buffer,
+// an exact softmax per head, then P.V. Each K/V row is widened once and read by every query head of its
+// group; with AVX-512 the heads' queries and accumulators stay in registers. The step is bound by memory
+// latency, not bandwidth (it scales with threads, and a cache-resident run is 2.5x faster), so each block's
+// rows are prefetched while the one before is read. Batch 32 x 400-432 keys, 30 layers, bf16, 2 threads,
+// interleaved (/tmp/probe/attn_ab3.py): 35-41 ms as two kernels around torch's softmax, 25-28 ms now.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
+// libtorch_cpu's vectorized exp (1 ulp), the one ATen's AVX-512 `Vectorized<float>::exp` calls.
+extern "C" __m512 Sleef_expf16_u10(__m512);
 #endif
 
+#include <cmath>
 #include <cstdint>
 #include <algorithm>
 #include <limits>
@@ -43,166 +50,189 @@ Shape check(const at::Tensor& q, const at::Tensor& cache, const at::Tensor& tabl
 template <typename scalar_t, typename Fn>
 inline void for_each_row(const scalar_t* cache, const int32_t* table, int64_t len, int64_t h, int64_t D,
                          const Shape& s, Fn fn) {
-  const int64_t row_stride = s.kv_heads * D;
+  const int64_t row_stride = s.kv_heads * D, row_bytes = D * sizeof(scalar_t);
   for (int64_t start = 0, j = 0; start < len; start += s.block_size, ++j) {
     const scalar_t* row = cache + (table[j] * s.block_size * s.kv_heads + h) * D;
     const int64_t n = std::min(s.block_size, len - start);
+    if (start + s.block_size < len) {  // the next block's rows: blocks lie anywhere, no prefetcher guesses them
+      const char* next = reinterpret_cast<const char*>(cache + (table[j + 1] * s.block_size * s.kv_heads + h) * D);
+      const int64_t next_rows = std::min(s.block_size, len - start - s.block_size);
+      for (int64_t o = 0; o < next_rows; ++o, next += row_stride * sizeof(scalar_t))
+        for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(next + byte);
+    }
     for (int64_t o = 0; o < n; ++o, row += row_stride) fn(row, start + o);
   }
 }
 
-// q.k over D floats. With AVX-512 and D a multiple of 32, two vector accumulators and one tree reduction:
-// the compiler's loop summed the 16 lanes one after another, a chain of 16 dependent adds per score that
-// made the scores kernel 20-30% slower (measured in one process, alternating, bf16, batch 32 x 430 keys).
-template <int kD>
-inline float dot(const float* q, const float* k, int64_t D) {
-#if defined(__AVX512F__)
-  if constexpr (kD > 0 && kD % 32 == 0) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    for (int64_t d = 0; d < kD; d += 32) {
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a0);
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16), _mm512_loadu_ps(k + d + 16), a1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-  }
-#endif
+// What one task reads and writes: sequence b's KV head h, its group's G query heads.
+struct Task {
+  const int32_t* table;
+  int64_t len, h;
+  float* query;   // [G, D] scaled, fp32
+  float* probs;   // [G, len]: scores, then probabilities
+  float* out;     // [G, D] fp32
+};
+
+// softmax over x[0, n) in place: exp(x - max) / sum, n >= 1.
+inline void softmax(float* x, int64_t n) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
   float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t d = 0; d < D; ++d) sum += q[d] * k[d];
-  return sum;
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 sums = _mm512_setzero_ps();
+  const __m512 shift = _mm512_set1_ps(max);
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 e = Sleef_expf16_u10(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), shift));
+    _mm512_mask_storeu_ps(x + i, m, e);
+    sums = _mm512_add_ps(sums, _mm512_maskz_mov_ps(m, e));
+  }
+  sum = _mm512_reduce_add_ps(sums);
+#endif
+  for (; i < n; ++i) sum += (x[i] = std::exp(x[i] - max));
+  const float inv = 1.f / sum;
+  for (i = 0; i < n; ++i) x[i] *= inv;
 }
 
-// D is a template constant for the usual head sizes (the compiler unrolls and vectorizes), 0 = any.
-template <typename scalar_t, int kD>
-void scores_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& tables, const at::Tensor& lens,
-                 double scale, const Shape& s, at::Tensor& scores) {
-  const auto* qp = q.data_ptr<scalar_t>();
-  const auto* kp = k_cache.data_ptr<scalar_t>();
-  const auto* tp = tables.data_ptr<int32_t>();
-  const auto* lp = lens.data_ptr<int32_t>();
-  float* sp = scores.data_ptr<float>();
-  const int64_t D = kD ? kD : s.head_dim, G = s.group;
-  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> query(G * D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.kv_heads, h = task % s.kv_heads, len = lp[b];
-      const scalar_t* qb = qp + (b * s.heads + h * G) * D;
-      for (int64_t i = 0; i < G * D; ++i) query[i] = widen(qb[i]) * static_cast<float>(scale);
-      float* row_scores = sp + (b * s.heads + h * G) * s.max_len;
-      for_each_row(kp, tp + b * s.max_blocks, len, h, D, s, [&](const scalar_t* row, int64_t t) {
-        float widened[kMaxHeadDim];  // a bf16 row widened once, read by every query head of the group
-        const float* key = widened;
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          key = row;
-        } else {
+// Any head size, any group: plain loops the compiler vectorizes as it can.
+template <typename scalar_t>
+void attend_generic(const scalar_t* k_cache, const scalar_t* v_cache, const Task& task, const Shape& s) {
+  const int64_t D = s.head_dim, G = s.group, len = task.len;
+  for_each_row(k_cache, task.table, len, task.h, D, s, [&](const scalar_t* row, int64_t t) {
+    float key[kMaxHeadDim];
+    for (int64_t d = 0; d < D; ++d) key[d] = widen(row[d]);
+    for (int64_t g = 0; g < G; ++g) {
+      const float* q = task.query + g * D;
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t d = 0; d < D; ++d) sum += q[d] * key[d];
+      task.probs[g * len + t] = sum;
+    }
+  });
+  for (int64_t g = 0; g < G; ++g) softmax(task.probs + g * len, len);
+  std::fill(task.out, task.out + G * D, 0.f);
+  for_each_row(v_cache, task.table, len, task.h, D, s, [&](const scalar_t* row, int64_t t) {
+    for (int64_t g = 0; g < G; ++g) {
+      const float p = task.probs[g * len + t];
+      float* a = task.out + g * D;
 #pragma omp simd
-          for (int64_t d = 0; d < D; ++d) widened[d] = widen(row[d]);
-        }
-        for (int64_t g = 0; g < G; ++g) row_scores[g * s.max_len + t] = dot<kD>(query.data() + g * D, key, D);
-      });
-      for (int64_t g = 0; g < G; ++g)
-        std::fill(row_scores + g * s.max_len + len, row_scores + (g + 1) * s.max_len,
-                  -std::numeric_limits<float>::infinity());
+      for (int64_t d = 0; d < D; ++d) a[d] += p * widen(row[d]);
     }
   });
 }
 
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::BFloat16* p) {  // bf16 -> fp32 is exact: the bits move up 16 places
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// kG query heads (from g0) of a task, head size kD: queries, then accumulators, held in registers.
+template <typename scalar_t, int kD, int kG>
+void attend_heads(const scalar_t* k_cache, const scalar_t* v_cache, const Task& task, int64_t g0, const Shape& s) {
+  constexpr int R = kD / 16;
+  const int64_t len = task.len;
+  float* probs = task.probs + g0 * len;
+  __m512 q[kG][R];
+  for (int g = 0; g < kG; ++g)
+    for (int r = 0; r < R; ++r) q[g][r] = _mm512_loadu_ps(task.query + (g0 + g) * kD + 16 * r);
+  for_each_row(k_cache, task.table, len, task.h, kD, s, [&](const scalar_t* row, int64_t t) {
+    __m512 key[R];
+    for (int r = 0; r < R; ++r) key[r] = load16(row + 16 * r);
+    for (int g = 0; g < kG; ++g) {  // two accumulators, one tree reduction (a 16-add chain was 20-30% slower)
+      __m512 a0 = _mm512_mul_ps(q[g][0], key[0]), a1 = _mm512_mul_ps(q[g][1], key[1]);
+      for (int r = 2; r < R; r += 2) {
+        a0 = _mm512_fmadd_ps(q[g][r], key[r], a0);
+        a1 = _mm512_fmadd_ps(q[g][r + 1], key[r + 1], a1);
+      }
+      probs[g * len + t] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+  });
+  for (int g = 0; g < kG; ++g) softmax(probs + g * len, len);
+  __m512 acc[kG][R];
+  for (int g = 0; g < kG; ++g)
+    for (int r = 0; r < R; ++r) acc[g][r] = _mm512_setzero_ps();
+  for_each_row(v_cache, task.table, len, task.h, kD, s, [&](const scalar_t* row, int64_t t) {
+    __m512 value[R];
+    for (int r = 0; r < R; ++r) value[r] = load16(row + 16 * r);
+    for (int g = 0; g < kG; ++g) {
+      const __m512 p = _mm512_set1_ps(probs[g * len + t]);
+      for (int r = 0; r < R; ++r) acc[g][r] = _mm512_fmadd_ps(p, value[r], acc[g][r]);
+    }
+  });
+  for (int g = 0; g < kG; ++g)
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(task.out + (g0 + g) * kD + 16 * r, acc[g][r]);
+}
+
+// The group's heads in chunks that fit the 32 vector registers: 4 at head size 64, 2 at 128.
 template <typename scalar_t, int kD>
-void values_impl(const at::Tensor& probs, const at::Tensor& v_cache, const at::Tensor& tables,
-                 const at::Tensor& lens, const Shape& s, at::Tensor& out) {
-  const float* pp = probs.data_ptr<float>();
+void attend_vector(const scalar_t* k_cache, const scalar_t* v_cache, const Task& task, const Shape& s) {
+  constexpr int kChunk = kD == 64 ? 4 : 2;
+  for (int64_t g0 = 0; g0 < s.group; g0 += kChunk) {
+    const int64_t n = std::min<int64_t>(kChunk, s.group - g0);
+    if (n == 1) attend_heads<scalar_t, kD, 1>(k_cache, v_cache, task, g0, s);
+    else if (n == 2) attend_heads<scalar_t, kD, 2>(k_cache, v_cache, task, g0, s);
+    else if constexpr (kChunk == 4) {
+      if (n == 3) attend_heads<scalar_t, kD, 3>(k_cache, v_cache, task, g0, s);
+      else attend_heads<scalar_t, kD, 4>(k_cache, v_cache, task, g0, s);
+    }
+  }
+}
+#endif
+
+template <typename scalar_t>
+void attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& tables,
+               const at::Tensor& lens, double scale, const Shape& s, at::Tensor& out) {
+  const auto* qp = q.data_ptr<scalar_t>();
+  const auto* kp = k_cache.data_ptr<scalar_t>();
   const auto* vp = v_cache.data_ptr<scalar_t>();
   const auto* tp = tables.data_ptr<int32_t>();
   const auto* lp = lens.data_ptr<int32_t>();
   auto* op = out.data_ptr<scalar_t>();
-  const int64_t D = kD ? kD : s.head_dim, G = s.group;
+  const int64_t D = s.head_dim, G = s.group;
   at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(G * D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.kv_heads, h = task % s.kv_heads, len = lp[b];
-      std::fill(acc.begin(), acc.end(), 0.f);
-      const float* prob = pp + (b * s.heads + h * G) * s.max_len;
-      for_each_row(vp, tp + b * s.max_blocks, len, h, D, s, [&](const scalar_t* value, int64_t t) {
-        for (int64_t g = 0; g < G; ++g) {
-          const float p = prob[g * s.max_len + t];
-          float* a = acc.data() + g * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) a[d] += p * widen(value[d]);
-        }
-      });
+    std::vector<float> query(G * D), acc(G * D), probs(G * std::max<int64_t>(s.max_len, 1));
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / s.kv_heads, h = i % s.kv_heads;
+      const Task task{tp + b * s.max_blocks, lp[b], h, query.data(), probs.data(), acc.data()};
+      const scalar_t* qb = qp + (b * s.heads + h * G) * D;
+      for (int64_t j = 0; j < G * D; ++j) query[j] = widen(qb[j]) * static_cast<float>(scale);
+      if (task.len <= 0) {
+        std::fill(acc.begin(), acc.end(), 0.f);  // an empty context (a padding row) attends to nothing
+      }
+#if defined(__AVX512F__)
+      else if (D == 64) attend_vector<scalar_t, 64>(kp, vp, task, s);
+      else if (D == 128) attend_vector<scalar_t, 128>(kp, vp, task, s);
+#endif
+      else attend_generic(kp, vp, task, s);
       scalar_t* ob = op + (b * s.heads + h * G) * D;
-      for (int64_t i = 0; i < G * D; ++i) ob[i] = static_cast<scalar_t>(acc[i]);
+      for (int64_t j = 0; j < G * D; ++j) ob[j] = static_cast<scalar_t>(acc[j]);
     }
   });
-}
-
-// Runs impl<scalar_t, D> for the cache's dtype, with D fixed at compile time where it is 64 or 128.
-template <template <typename, int> class Impl, typename... Args>
-void dispatch(const at::Tensor& cache, int64_t head_dim, Args&&... args) {
-  TORCH_CHECK(cache.scalar_type() == at::kFloat || cache.scalar_type() == at::kBFloat16,
-              "the C++ attention kernel takes a float32 or bfloat16 KV cache");
-  auto run = [&](auto zero) {
-    using scalar_t = decltype(zero);
-    if (head_dim == 64) return Impl<scalar_t, 64>::run(std::forward<Args>(args)...);
-    if (head_dim == 128) return Impl<scalar_t, 128>::run(std::forward<Args>(args)...);
-    return Impl<scalar_t, 0>::run(std::forward<Args>(args)...);
-  };
-  if (cache.scalar_type() == at::kFloat) run(float{});
-  else run(at::BFloat16{});
-}
-
-template <typename scalar_t, int kD>
-struct Scores {
-  template <typename... Args>
-  static void run(Args&&... args) { scores_impl<scalar_t, kD>(std::forward<Args>(args)...); }
-};
-
-template <typename scalar_t, int kD>
-struct Values {
-  template <typename... Args>
-  static void run(Args&&... args) { values_impl<scalar_t, kD>(std::forward<Args>(args)...); }
-};
-
-// [B, H, max_len] float32 scaled scores; -inf past each sequence's context length.
-at::Tensor decode_scores(const at::Tensor& q_in, const at::Tensor& k_cache, const at::Tensor& tables,
-                         const at::Tensor& lens, double scale) {
-  const at::Tensor q = q_in.contiguous().to(k_cache.scalar_type());
-  const Shape s = check(q, k_cache, tables, lens);
-  at::Tensor scores = at::empty({s.batch, s.heads, s.max_len}, q.options().dtype(at::kFloat));
-  const at::Tensor t = tables.contiguous(), l = lens.contiguous();
-  dispatch<Scores>(k_cache, s.head_dim, q, k_cache, t, l, scale, s, scores);
-  return scores;
-}
-
-// [B, H, D] in the cache's dtype: the probabilities' weighted sum of V rows.
-at::Tensor decode_values(const at::Tensor& probs_in, const at::Tensor& v_cache, const at::Tensor& tables,
-                         const at::Tensor& lens) {
-  const at::Tensor probs = probs_in.contiguous();
-  TORCH_CHECK(probs.scalar_type() == at::kFloat && probs.dim() == 3, "float32 probabilities [B, H, max_len]");
-  const at::Tensor t = tables.contiguous(), l = lens.contiguous();
-  const at::Tensor q_shape = at::empty({probs.size(0), probs.size(1), v_cache.size(3)}, v_cache.options());
-  const Shape s = check(q_shape, v_cache, t, l);
-  TORCH_CHECK(probs.size(2) == s.max_len, "probabilities must span the longest context");
-  at::Tensor out = at::empty_like(q_shape);
-  dispatch<Values>(v_cache, s.head_dim, probs, v_cache, t, l, s, out);
-  return out;
 }
 
 }  // namespace
 
 namespace infermatrix {
 
-// One call per layer: scores, torch's softmax, then P.V; each half is named in profiles.
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                            const at::Tensor& tables, const at::Tensor& lens, double scale) {
-  at::Tensor scores;
-  {
-    RECORD_FUNCTION("infermatrix::cpp_decode_scores", std::vector<c10::IValue>());
-    scores = decode_scores(q, k_cache, tables, lens, scale);
-  }
-  const at::Tensor probs = scores.softmax(-1);
-  RECORD_FUNCTION("infermatrix::cpp_decode_values", std::vector<c10::IValue>());
-  return decode_values(probs, v_cache, tables, lens);
+// q [B, H, D]; caches [blocks, block_size, KVH, D]; int32 tables [B, max_blocks] and lens [B].
+// Returns [B, H, D] in the cache's dtype.
+at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& tables_in, const at::Tensor& lens_in, double scale) {
+  RECORD_FUNCTION("infermatrix::cpp_decode_attention", std::vector<c10::IValue>());
+  TORCH_CHECK(k_cache.scalar_type() == at::kFloat || k_cache.scalar_type() == at::kBFloat16,
+              "the C++ attention kernel takes a float32 or bfloat16 KV cache");
+  TORCH_CHECK(v_cache.scalar_type() == k_cache.scalar_type() && v_cache.sizes() == k_cache.sizes() &&
+                  v_cache.is_contiguous(), "K and V caches must match");
+  const at::Tensor q = q_in.contiguous().to(k_cache.scalar_type());
+  const at::Tensor tables = tables_in.contiguous(), lens = lens_in.contiguous();
+  const Shape s = check(q, k_cache, tables, lens);
+  at::Tensor out = at::empty_like(q);
+  if (k_cache.scalar_type() == at::kFloat) attention<float>(q, k_cache, v_cache, tables, lens, scale, s, out);
+  else attention<at::BFloat16>(q, k_cache, v_cache, tables, lens, scale, s, out);
+  return out;
 }
 
 }  // namespace infermatrix
