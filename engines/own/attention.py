@@ -197,6 +197,13 @@ class CppAttention(GatheredAttention):
     def prepare(self, meta: AttnMetadata, block_size: int) -> GatherPlan:
         return gather_plan(meta, block_size, decode_groups=False)
 
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttnMetadata, scale: float) -> torch.Tensor:
+        if meta.num_decode_tokens < q.shape[0]:
+            return super().forward(q, k, v, k_cache, v_cache, meta, scale)
+        # a decode-only step: one call stores the new K/V rows and attends, reading q, k, v in place
+        return self.decode_kernel(q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale,
+                                  k, v, meta.slot_mapping)  # fmt: skip
+
     def attend_decodes(self, q, k_cache, v_cache, meta: AttnMetadata, scale: float, out: torch.Tensor) -> None:
         nd = meta.num_decode_tokens
         out[:nd] = self.decode_kernel(q[:nd], k_cache, v_cache, meta.decode_block_tables,

@@ -47,6 +47,36 @@ def test_decode_reads_queries_from_a_strided_view():
                                reference.paged_decode_attention(q.contiguous(), *args))  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_stores_the_new_rows_at_their_slots_before_attending(dtype):
+    lengths, block_size = [17, 40], 16
+    batch = paged_batch(lengths, block_size, 3, 64, dtype)
+    slots = torch.tensor([int(batch.block_tables[b, (n - 1) // block_size]) * block_size + (n - 1) % block_size
+                          for b, n in enumerate(lengths)])  # fmt: skip
+    gen = torch.Generator().manual_seed(2)
+    qk = torch.randn(2, 12, 64, generator=gen).to(dtype)  # q | k heads, as the model's RoPE leaves them
+    q, k = qk[:, :9], qk[:, 9:]
+    v = torch.randn(2, 5, 64, generator=gen).to(dtype)[:, 1:4]  # another token stride
+    expected_k, expected_v = batch.k_cache.clone(), batch.v_cache.clone()
+    expected_k.view(-1, 3, 64)[slots] = k
+    expected_v.view(-1, 3, 64)[slots] = v
+    args = (batch.block_tables, batch.context_lens, 0.125)
+    expected = reference.paged_decode_attention(q, expected_k, expected_v, *args)
+    out = cpu_kernels.paged_decode_attention(q, batch.k_cache, batch.v_cache, *args, k, v, slots)
+    torch.testing.assert_close(batch.k_cache, expected_k, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(batch.v_cache, expected_v, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(out.float(), expected.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+def test_a_new_row_with_slot_minus_one_is_not_stored():
+    batch = paged_batch([5], 16, 3, 64, torch.float32)
+    before = batch.k_cache.clone()
+    cpu_kernels.paged_decode_attention(torch.randn(1, 9, 64), batch.k_cache, batch.v_cache, batch.block_tables,
+                                       batch.context_lens, 0.125, torch.randn(1, 3, 64), torch.randn(1, 3, 64),
+                                       torch.tensor([-1]))  # fmt: skip
+    torch.testing.assert_close(batch.k_cache, before, rtol=0, atol=0, equal_nan=True)
+
+
 def test_a_context_longer_than_its_block_table_is_refused():
     batch = paged_batch([20], 16, 3, 64, torch.float32)
     with pytest.raises(RuntimeError, match="longer than its block table"):

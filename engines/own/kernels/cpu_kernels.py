@@ -78,7 +78,12 @@ def paged_decode_attention(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    new_k: torch.Tensor | None = None,
+    new_v: torch.Tensor | None = None,
+    slots: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q [B, H, D]; caches [blocks, block_size, KVH, D]; tables [B, max_blocks] int32; lens [B] int32
-    (including the new token). Returns [B, H, D] in the cache's dtype."""
-    return extension().decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
+    (including the new token). With new_k, new_v [B, KVH, D] and int64 slots [B], first stores each new row at
+    its slot (-1: not stored). q, new_k and new_v may be views with any token stride. Returns [B, H, D] in the
+    cache's dtype."""
+    return extension().decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, new_k, new_v, slots)

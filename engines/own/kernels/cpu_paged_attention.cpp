@@ -64,6 +64,14 @@ inline void for_each_row(const scalar_t* cache, const int32_t* table, int64_t le
   }
 }
 
+// Rows to write into the caches before attending (a decode step's new K/V), or none.
+template <typename scalar_t>
+struct NewRows {
+  const scalar_t *k = nullptr, *v = nullptr;  // [B, KVH, D], any token strides
+  int64_t k_stride = 0, v_stride = 0;
+  const int64_t* slots = nullptr;  // [B] cache slot of each new row, -1 = not stored
+};
+
 // What one task reads and writes: sequence b's KV head h, its group's G query heads.
 struct Task {
   const int32_t* table;
@@ -184,10 +192,11 @@ void attend_vector(const scalar_t* k_cache, const scalar_t* v_cache, const Task&
 
 template <typename scalar_t>
 void attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& tables,
-               const at::Tensor& lens, double scale, const Shape& s, at::Tensor& out) {
+               const at::Tensor& lens, double scale, const Shape& s, const NewRows<scalar_t>& rows, at::Tensor& out) {
   const auto* qp = q.data_ptr<scalar_t>();
-  const auto* kp = k_cache.data_ptr<scalar_t>();
-  const auto* vp = v_cache.data_ptr<scalar_t>();
+  auto* kp = k_cache.data_ptr<scalar_t>();
+  auto* vp = v_cache.data_ptr<scalar_t>();
+  const int64_t q_stride = q.stride(0);
   const auto* tp = tables.data_ptr<int32_t>();
   const auto* lp = lens.data_ptr<int32_t>();
   auto* op = out.data_ptr<scalar_t>();
@@ -197,7 +206,12 @@ void attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor&
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / s.kv_heads, h = i % s.kv_heads;
       const Task task{tp + b * s.max_blocks, lp[b], h, query.data(), probs.data(), acc.data()};
-      const scalar_t* qb = qp + (b * s.heads + h * G) * D;
+      if (rows.slots && rows.slots[b] >= 0) {  // only this task reads head h of sequence b: no race
+        const int64_t to = (rows.slots[b] * s.kv_heads + h) * D;
+        std::copy_n(rows.k + b * rows.k_stride + h * D, D, kp + to);
+        std::copy_n(rows.v + b * rows.v_stride + h * D, D, vp + to);
+      }
+      const scalar_t* qb = qp + b * q_stride + h * G * D;
       for (int64_t j = 0; j < G * D; ++j) query[j] = widen(qb[j]) * static_cast<float>(scale);
       if (task.len <= 0) {
         std::fill(acc.begin(), acc.end(), 0.f);  // an empty context (a padding row) attends to nothing
@@ -217,21 +231,49 @@ void attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor&
 
 namespace infermatrix {
 
-// q [B, H, D]; caches [blocks, block_size, KVH, D]; int32 tables [B, max_blocks] and lens [B].
+// Rows of [tokens, heads, D] with any token stride (a view into the fused q|k|v projection) read in place.
+at::Tensor rows_in_place(const at::Tensor& x, const at::Tensor& cache) {
+  const at::Tensor typed = x.to(cache.scalar_type());
+  return typed.dim() == 3 && typed.stride(2) == 1 && typed.stride(1) == typed.size(2) ? typed : typed.contiguous();
+}
+
+// q [B, H, D]; caches [blocks, block_size, KVH, D]; int32 tables [B, max_blocks] and lens [B]; optionally
+// the step's new rows k, v [B, KVH, D] with their int64 cache slots [B], stored before attending.
 // Returns [B, H, D] in the cache's dtype.
 at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                            const at::Tensor& tables_in, const at::Tensor& lens_in, double scale) {
+                            const at::Tensor& tables_in, const at::Tensor& lens_in, double scale,
+                            const c10::optional<at::Tensor>& new_k, const c10::optional<at::Tensor>& new_v,
+                            const c10::optional<at::Tensor>& slots_in) {
   RECORD_FUNCTION("infermatrix::cpp_decode_attention", std::vector<c10::IValue>());
   TORCH_CHECK(k_cache.scalar_type() == at::kFloat || k_cache.scalar_type() == at::kBFloat16,
               "the C++ attention kernel takes a float32 or bfloat16 KV cache");
   TORCH_CHECK(v_cache.scalar_type() == k_cache.scalar_type() && v_cache.sizes() == k_cache.sizes() &&
                   v_cache.is_contiguous(), "K and V caches must match");
-  const at::Tensor q = q_in.contiguous().to(k_cache.scalar_type());
+  const at::Tensor q = rows_in_place(q_in, k_cache);
   const at::Tensor tables = tables_in.contiguous(), lens = lens_in.contiguous();
   const Shape s = check(q, k_cache, tables, lens);
-  at::Tensor out = at::empty_like(q);
-  if (k_cache.scalar_type() == at::kFloat) attention<float>(q, k_cache, v_cache, tables, lens, scale, s, out);
-  else attention<at::BFloat16>(q, k_cache, v_cache, tables, lens, scale, s, out);
+  at::Tensor k, v, slots;
+  TORCH_CHECK(new_k.has_value() == new_v.has_value() && new_k.has_value() == slots_in.has_value(),
+              "new k, v and their slots come together");
+  if (new_k) {
+    k = rows_in_place(*new_k, k_cache), v = rows_in_place(*new_v, k_cache);
+    slots = slots_in->contiguous();
+    TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == s.batch && k.size(1) == s.kv_heads && k.size(2) == s.head_dim,
+                "new k and v must be [B, KVH, D]");
+    TORCH_CHECK(slots.scalar_type() == at::kLong && slots.numel() == s.batch, "int64 slots, one per row");
+    TORCH_CHECK(s.batch == 0 || slots.max().item<int64_t>() < k_cache.size(0) * s.block_size,
+                "a slot beyond the cache");
+  }
+  at::Tensor out = at::empty({s.batch, s.heads, s.head_dim}, q.options());
+  auto run = [&](auto zero) {
+    using scalar_t = decltype(zero);
+    NewRows<scalar_t> rows;
+    if (new_k) rows = {k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), k.stride(0), v.stride(0),
+                       slots.data_ptr<int64_t>()};
+    attention<scalar_t>(q, k_cache, v_cache, tables, lens, scale, s, rows, out);
+  };
+  if (k_cache.scalar_type() == at::kFloat) run(float{});
+  else run(at::BFloat16{});
   return out;
 }
 
