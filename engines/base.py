@@ -33,7 +33,7 @@ class Batching(str, enum.Enum):
 class Attention(str, enum.Enum):
     torch = "torch"  # plain torch reference over the cache
     sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention
-    cpp = "cpp"  # our C++ paged decode kernel on CPU (prefill as sdpa)
+    cpp = "cpp"  # our C++ paged attention kernels on CPU (decode and prefill)
     triton = "triton"  # our Triton paged-attention kernels
     flash_attn = "flash_attn"  # the flash-attn package (GPU only)
 

@@ -5,9 +5,9 @@
   prefill. SDPA must get 4-D inputs: on this CPU (2 threads, 9 heads) a 2,500-token causal prefill took
   95 ms with 4-D inputs and 827 ms with 3-D ones (the unfused math fallback). Decode of 8 rows over 400 keys:
   0.85 ms in SDPA vs 5.4 ms as matmuls (small strided batched matmuls).
-- cpp (CPU): decode rows through our C++ kernel (`engines/own/kernels/cpu_kernels.py`), which reads the
-  paged cache in place; prefill as sdpa. A batch-32 decode step over ~430 keys, 2 threads
-  (experiments/profile_decode.py): bf16 102-124 ms with sdpa, 80 ms with cpp; fp32 220 ms vs 169 ms.
+- cpp (CPU): our C++ kernels (`engines/own/kernels/cpu_kernels.py`) for decodes and prefill chunks, reading
+  the paged cache in place. A batch-32 decode step over ~430 keys, 2 threads (experiments/profile_decode.py):
+  bf16 102-124 ms with sdpa, 80 ms with the first cpp decode kernel; fp32 220 ms vs 169 ms.
 - triton: the kernels helper's functions (`engines/own/kernels`), decode and prefill parts apart.
 - flash_attn is not offered: its varlen kernel over gathered K/V copied every context each layer, and its
   paged form wants blocks of 256 tokens; triton reads our paged cache in place.
@@ -187,27 +187,15 @@ class GatheredAttention:
             out.index_copy_(0, rows, attended.reshape(len(rows), -1, head_dim))
 
 
-class CppAttention(GatheredAttention):
-    """Decodes through our C++ kernel straight from the paged cache (no gather); prefill as sdpa."""
-
-    def __init__(self, decode_kernel) -> None:
-        super().__init__(None, _sdpa_prefill)
-        self.decode_kernel = decode_kernel
-
-    def prepare(self, meta: AttnMetadata, block_size: int) -> GatherPlan:
-        return gather_plan(meta, block_size, decode_groups=False)
+class CppAttention(KernelAttention):
+    """Our C++ CPU kernels (`kernels/cpu_kernels.py`) read the paged cache in place, decodes and prefill chunks
+    alike; a decode-only step stores its new K/V rows in the decode call itself."""
 
     def forward(self, q, k, v, k_cache, v_cache, meta: AttnMetadata, scale: float) -> torch.Tensor:
         if meta.num_decode_tokens < q.shape[0]:
             return super().forward(q, k, v, k_cache, v_cache, meta, scale)
-        # a decode-only step: one call stores the new K/V rows and attends, reading q, k, v in place
-        return self.decode_kernel(q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale,
-                                  k, v, meta.slot_mapping)  # fmt: skip
-
-    def attend_decodes(self, q, k_cache, v_cache, meta: AttnMetadata, scale: float, out: torch.Tensor) -> None:
-        nd = meta.num_decode_tokens
-        out[:nd] = self.decode_kernel(q[:nd], k_cache, v_cache, meta.decode_block_tables,
-                                      meta.decode_context_lens, scale)  # fmt: skip
+        return self.kernels.paged_decode_attention(q, k_cache, v_cache, meta.decode_block_tables,
+                                                   meta.decode_context_lens, scale, k, v, meta.slot_mapping)  # fmt: skip
 
 
 class SdpaAttention(GatheredAttention):
@@ -235,7 +223,7 @@ def make_attention(name: str, device: torch.device) -> KernelAttention | Gathere
             cpu_kernels.extension()
         except (ImportError, OSError, RuntimeError) as exc:
             raise ValueError(f"the C++ attention kernel did not build: {exc}") from exc
-        return CppAttention(cpu_kernels.paged_decode_attention)
+        return CppAttention(cpu_kernels)
     if name == "triton":
         import os
 

@@ -1,5 +1,5 @@
-"""Our C++ CPU kernels: the decode kernel (attention=cpp) equals the torch reference, reading only each sequence's
-own slots; the layer ops equal the torch ops they replace: RoPE, SwiGLU and the residual add bit for bit, RMSNorm within a few
+"""Our C++ CPU kernels: the decode and prefill kernels (attention=cpp) equal the torch reference, reading only each
+sequence's own slots; the layer ops equal the torch ops they replace: RoPE, SwiGLU and the residual add bit for bit, RMSNorm within a few
 roundings (another summation order)."""
 
 from __future__ import annotations
@@ -75,6 +75,44 @@ def test_a_new_row_with_slot_minus_one_is_not_stored():
                                        batch.context_lens, 0.125, torch.randn(1, 3, 64), torch.randn(1, 3, 64),
                                        torch.tensor([-1]))  # fmt: skip
     torch.testing.assert_close(batch.k_cache, before, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "heads, kv_heads, dim, block_size, lengths, q_lens, dtype",
+    [
+        (9, 3, 64, 16, [5, 150, 17, 70], [5, 130, 1, 70], torch.float32),  # tiles of 32 rows, chunks of 64 keys
+        (9, 3, 64, 16, [5, 150, 17, 70], [5, 130, 1, 70], torch.bfloat16),
+        (8, 2, 128, 8, [40, 4], [33, 4], torch.bfloat16),  # head_dim 128, a group of 4
+        (4, 2, 32, 8, [45, 9], [40, 2], torch.float32),  # a head size the kernel does not specialise
+        (3, 3, 64, 32, [64, 65, 129], [64, 1, 64], torch.float32),  # no GQA, contexts at chunk edges
+    ],
+)
+def test_prefill_over_a_cached_context_matches_the_reference(heads, kv_heads, dim, block_size, lengths, q_lens,
+                                                             dtype):  # fmt: skip
+    batch = paged_batch(lengths, block_size, kv_heads, dim, dtype)  # slots no sequence owns hold NaN
+    q = torch.randn(sum(q_lens), heads, dim, generator=torch.Generator().manual_seed(3)).to(dtype)
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    args = (q, batch.k_cache, batch.v_cache, batch.block_tables, cu, batch.context_lens, dim**-0.5)
+    out = cpu_kernels.paged_prefill_attention(*args)
+    assert out.dtype == dtype and out.shape == q.shape and not out.isnan().any()
+    torch.testing.assert_close(out.float(), reference.paged_prefill_attention(*args).float(),
+                               atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])  # fmt: skip
+
+
+def test_prefill_reads_queries_from_a_strided_view():
+    batch = paged_batch([40, 7], 16, 3, 64, torch.float32)
+    q = torch.randn(47, 15, 64)[:, :9]  # q heads of a fused q|k|v projection
+    cu = torch.tensor([0, 40, 47], dtype=torch.int32)
+    args = (batch.k_cache, batch.v_cache, batch.block_tables, cu, batch.context_lens, 0.125)
+    torch.testing.assert_close(cpu_kernels.paged_prefill_attention(q, *args),
+                               reference.paged_prefill_attention(q.contiguous(), *args))  # fmt: skip
+
+
+def test_prefill_refuses_new_tokens_beyond_their_context():
+    batch = paged_batch([20], 16, 3, 64, torch.float32)
+    with pytest.raises(RuntimeError, match="must fit its context"):
+        cpu_kernels.paged_prefill_attention(torch.randn(21, 9, 64), batch.k_cache, batch.v_cache, batch.block_tables,
+                                            torch.tensor([0, 21], dtype=torch.int32), batch.context_lens, 0.125)  # fmt: skip
 
 
 def test_a_context_longer_than_its_block_table_is_refused():

@@ -8,6 +8,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
                             const at::Tensor& tables, const at::Tensor& lens, double scale,
                             const c10::optional<at::Tensor>& new_k, const c10::optional<at::Tensor>& new_v,
                             const c10::optional<at::Tensor>& slots);
+at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                             const at::Tensor& tables, const at::Tensor& cu_seqlens, const at::Tensor& lens,
+                             double scale);
 std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
                                                 const at::Tensor& weight, double eps);
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin_signed);
@@ -16,6 +19,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &infermatrix::decode_attention, "paged decode attention (storing the new K/V rows first when given): q.K, softmax, P.V");
+  m.def("prefill_attention", &infermatrix::prefill_attention, "paged causal prefill attention, flash style");
   m.def("add_rms_norm", &infermatrix::add_rms_norm, "(rms_norm(x + residual) * w, x + residual)");
   m.def("rope", &infermatrix::rope, "rotate-half RoPE over q|k heads");
   m.def("silu_mul", &infermatrix::silu_mul, "silu(gate) * up over the fused gate|up rows");

@@ -5,27 +5,21 @@
 // group; with AVX-512 the heads' queries and accumulators stay in registers. The step is bound by memory
 // latency, not bandwidth (it scales with threads, and a cache-resident run is 2.5x faster), so each block's
 // rows are prefetched while the one before is read. Batch 32 x 400-432 keys, 30 layers, bf16, 2 threads,
-// interleaved (/tmp/probe/attn_ab3.py): 35-41 ms as two kernels around torch's softmax, 25-28 ms now.
+// interleaved in one process: 35-41 ms as two kernels around torch's softmax, 25-28 ms now.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-// libtorch_cpu's vectorized exp (1 ulp), the one ATen's AVX-512 `Vectorized<float>::exp` calls.
-extern "C" __m512 Sleef_expf16_u10(__m512);
-#endif
 
-#include <cmath>
-#include <cstdint>
 #include <algorithm>
-#include <limits>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
+#include "cpu_vector.h"
+
 namespace {
 
-inline float widen(float x) { return x; }
-inline float widen(at::BFloat16 x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x.x) << 16); }
+using namespace infermatrix::vec;
 
 constexpr int64_t kMaxHeadDim = 256;
 
@@ -83,24 +77,8 @@ struct Task {
 
 // softmax over x[0, n) in place: exp(x - max) / sum, n >= 1.
 inline void softmax(float* x, int64_t n) {
-  float max = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
-  float sum = 0.f;
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  __m512 sums = _mm512_setzero_ps();
-  const __m512 shift = _mm512_set1_ps(max);
-  for (; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
-    const __m512 e = Sleef_expf16_u10(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), shift));
-    _mm512_mask_storeu_ps(x + i, m, e);
-    sums = _mm512_add_ps(sums, _mm512_maskz_mov_ps(m, e));
-  }
-  sum = _mm512_reduce_add_ps(sums);
-#endif
-  for (; i < n; ++i) sum += (x[i] = std::exp(x[i] - max));
-  const float inv = 1.f / sum;
-  for (i = 0; i < n; ++i) x[i] *= inv;
+  const float inv = 1.f / exp_shifted(x, n, max_of(x, n));
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
 // Any head size, any group: plain loops the compiler vectorizes as it can.
@@ -131,12 +109,6 @@ void attend_generic(const scalar_t* k_cache, const scalar_t* v_cache, const Task
 }
 
 #if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {  // bf16 -> fp32 is exact: the bits move up 16 places
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
 // kG query heads (from g0) of a task, head size kD: queries, then accumulators, held in registers.
 template <typename scalar_t, int kD, int kG>
 void attend_heads(const scalar_t* k_cache, const scalar_t* v_cache, const Task& task, int64_t g0, const Shape& s) {
