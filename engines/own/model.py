@@ -26,8 +26,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class TorchLayerOps:
-    """A decoder layer's elementwise work in torch ops (any device). The C++ extension of the CPU
-    (kernels/cpu_kernels.py) offers the same three functions, one call each, rounding the same way."""
+    """A decoder layer's elementwise work, and the LM head, in torch ops (any device). The C++ extension of the
+    CPU (kernels/cpu_kernels.py) offers the same four functions, one call each, rounding the same way."""
 
     @staticmethod
     def add_rms_norm(
@@ -45,6 +45,8 @@ class TorchLayerOps:
         """SwiGLU's silu(gate) * up over the fused projection's [gate | up] halves."""
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
+
+    lm_head = staticmethod(F.linear)  # hidden rows [M, K] x weight [vocab, K] -> [M, vocab]
 
 
 class DecoderLayer(nn.Module):
@@ -144,4 +146,4 @@ class CausalLM(nn.Module):
         """float32 logits `[N, vocab]` for final-norm hidden rows `[N, hidden]`."""
         if self.packed_lm_head is not None:
             return self.packed_lm_head(hidden).float()
-        return F.linear(hidden, self.lm_head_weight()).float()
+        return self.ops.lm_head(hidden, self.lm_head_weight()).float()

@@ -158,6 +158,20 @@ def test_silu_mul_equals_the_torch_ops_bit_for_bit(dtype):
                                rtol=0, atol=0)  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, vocab", [(1, 49152), (7, 49152), (33, 1001)])  # SmolLM2's head; an odd vocab
+def test_lm_head_on_all_threads_equals_torch_linear_bit_for_bit(rows, vocab, dtype):
+    gen = torch.Generator().manual_seed(4)
+    hidden, weight = torch.randn(rows, 576, generator=gen).to(dtype), torch.randn(vocab, 576, generator=gen).to(dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two row chunks
+    try:
+        out = cpu_kernels.extension().lm_head(hidden, weight)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out, TorchLayerOps.lm_head(hidden, weight), rtol=0, atol=0)
+
+
 def test_the_layer_ops_refuse_what_they_cannot_read():
     ext = cpu_kernels.extension()
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):

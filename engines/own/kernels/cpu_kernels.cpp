@@ -15,6 +15,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const c10::
                                                 const at::Tensor& weight, double eps);
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin_signed);
 at::Tensor silu_mul(const at::Tensor& gate_up);
+at::Tensor lm_head(const at::Tensor& x, const at::Tensor& weight);
 }  // namespace infermatrix
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -23,4 +24,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &infermatrix::add_rms_norm, "(rms_norm(x + residual) * w, x + residual)");
   m.def("rope", &infermatrix::rope, "rotate-half RoPE over q|k heads");
   m.def("silu_mul", &infermatrix::silu_mul, "silu(gate) * up over the fused gate|up rows");
+  m.def("lm_head", &infermatrix::lm_head, "torch's linear over row chunks of the weight, one per thread");
 }

@@ -76,7 +76,8 @@ def pack_float_linears(model: nn.Module, batch_hint: int) -> str:
                 setattr(parent, name, PackedLinear(child.weight, child.bias, batch_hint))
     # the LM head too in bf16 (2x faster at one row here, bit-identical): a packed copy, since the embedding
     # lookup reads the plain rows (tied in SmolLM2); costs vocab x hidden more weight bytes. Not in fp32: oneDNN's
-    # summation order there moved logits 1.03e-4 from HF's (tests/own/test_own_matches_hf.py allows 1e-4)
+    # summation order there moved logits 1.03e-4 from HF's (tests/own/test_own_matches_hf.py allows 1e-4); fp32
+    # runs torch's own linear on every thread instead (the C++ layer ops' lm_head: same bits, 2x at one row)
     if first.dtype == torch.bfloat16:
         model.packed_lm_head = PackedLinear(model.lm_head_weight(), None, batch_hint)
     return "onednn_packed"
