@@ -164,9 +164,10 @@ def test_lm_head_on_all_threads_equals_torch_linear_bit_for_bit(rows, vocab, dty
     gen = torch.Generator().manual_seed(4)
     hidden, weight = torch.randn(rows, 576, generator=gen).to(dtype), torch.randn(vocab, 576, generator=gen).to(dtype)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # two row chunks
+    torch.set_num_threads(2)  # two row chunks, each on its own thread
     try:
-        out = cpu_kernels.extension().lm_head(hidden, weight)
+        with torch.inference_mode():  # as the engine calls it: worker threads must see the mode too
+            out = cpu_kernels.extension().lm_head(hidden, weight)
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(out, TorchLayerOps.lm_head(hidden, weight), rtol=0, atol=0)

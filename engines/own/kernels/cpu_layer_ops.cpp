@@ -4,6 +4,7 @@
 // multiply-add is fused into one rounding here (the pragma below; the attention kernels keep their FMAs).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 #include <cmath>
@@ -138,7 +139,9 @@ at::Tensor lm_head(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t step = (rows + chunks - 1) / chunks;
   if (chunks == 1 || at::in_parallel_region()) return at::linear(x, weight);
   at::Tensor out = at::empty({x.size(0), rows}, x.options());
+  const at::ThreadLocalState caller;  // inference mode and grad mode reach the worker threads' torch ops
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard guard(caller);
     for (int64_t c = begin; c < end; ++c) {
       const int64_t first = c * step, count = std::min(step, rows - first);
       if (count > 0) out.narrow(1, first, count).copy_(at::linear(x, weight.narrow(0, first, count)));
