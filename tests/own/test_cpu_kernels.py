@@ -115,6 +115,33 @@ def test_prefill_refuses_new_tokens_beyond_their_context():
                                             torch.tensor([0, 21], dtype=torch.int32), batch.context_lens, 0.125)  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_gives_the_same_bits_on_two_threads_as_on_one(dtype):
+    lengths, q_lens = [130, 17, 300, 64], [130, 1, 90, 64]
+    batch = paged_batch(lengths, 16, 3, 64, dtype)
+    gen = torch.Generator().manual_seed(5)
+    q_prefill = torch.randn(sum(q_lens), 9, 64, generator=gen).to(dtype)
+    q_decode = torch.randn(len(lengths), 9, 64, generator=gen).to(dtype)
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    tables, lens = batch.block_tables, batch.context_lens
+
+    def both():
+        with torch.inference_mode():  # as the engine calls them
+            return (cpu_kernels.paged_prefill_attention(q_prefill, batch.k_cache, batch.v_cache, tables, cu, lens, 0.125),
+                    cpu_kernels.paged_decode_attention(q_decode, batch.k_cache, batch.v_cache, tables, lens, 0.125))  # fmt: skip
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = both()
+        torch.set_num_threads(2)  # tasks split over threads (the prefill's from a shared queue)
+        two = both()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_a_context_longer_than_its_block_table_is_refused():
     batch = paged_batch([20], 16, 3, 64, torch.float32)
     with pytest.raises(RuntimeError, match="longer than its block table"):
