@@ -98,10 +98,10 @@ def _decode_groups(meta: AttnMetadata, block_size: int) -> list[tuple[torch.Tens
     return groups
 
 
-def gather_plan(meta: AttnMetadata, block_size: int, decode_groups: bool = True) -> GatherPlan:
+def gather_plan(meta: AttnMetadata, block_size: int) -> GatherPlan:
     """Our runner never pads (slot -1): graph runners that pad use the kernels backends."""
     device = meta.slot_mapping.device
-    groups = _decode_groups(meta, block_size) if meta.num_decode_tokens and decode_groups else []
+    groups = _decode_groups(meta, block_size) if meta.num_decode_tokens else []
     prefill_blocks, prefill_masks = [], []
     for b, (q_len, ctx) in enumerate(zip(meta.prefill_q_lens_host, meta.prefill_context_lens_host)):
         prefill_blocks.append(meta.prefill_block_tables[b, : -(-ctx // block_size)].long())
