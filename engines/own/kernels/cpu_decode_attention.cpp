@@ -1,16 +1,19 @@
 // Paged decode attention for CPU, reading K/V in place from the paged cache (no per-layer gather).
 // Cache layout per layer: [num_blocks, block_size, num_kv_heads, head_dim], float32 or bfloat16.
-// One task per (sequence, KV head), in one pass: q.K for the group's query heads into a task-local buffer,
-// an exact softmax per head, then P.V. Each K/V row is widened once and read by every query head of its
-// group; with AVX-512 the heads' queries and accumulators stay in registers. The step is bound by memory
-// latency, not bandwidth (it scales with threads, and a cache-resident run is 2.5x faster), so each block's
-// rows are prefetched while the one before is read. Batch 32 x 400-432 keys, 30 layers, bf16, 2 threads,
-// interleaved in one process: 35-41 ms as two kernels around torch's softmax, 25-28 ms now.
+// One task per sequence, two passes over its cache (q.K into a task-local buffer, an exact softmax per head,
+// then P.V), each block after block and, inside a block, KV head after KV head, so the cache is read in
+// address order. Each K/V row is widened once per head group; with AVX-512 the group's queries or
+// accumulators stay in registers for the block. Memory sets the pace: batch 32 x 284-316 keys, 30 layers, bf16,
+// 2 threads, a loop that only loads the cache took 8 ms in address order and 14 ms head by head (every third
+// 128-byte piece of each row, as the older task per (sequence, KV head) read it); that kernel took 17-21 ms,
+// this one 15-17 ms, and a batch-32 engine decode step went from 57-60 ms to 54 ms (same bits out).
+// A jump to a block that is not the next one in memory is prefetched; a neighbour the hardware finds itself.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -39,25 +42,6 @@ Shape check(const at::Tensor& q, const at::Tensor& cache, const at::Tensor& tabl
           tables.size(1), max_len};
 }
 
-// Calls fn(row, t) for every cached token t < len of sequence b: row points at its KV head h's D values.
-// Walks block by block, so no division per token.
-template <typename scalar_t, typename Fn>
-inline void for_each_row(const scalar_t* cache, const int32_t* table, int64_t len, int64_t h, int64_t D,
-                         const Shape& s, Fn fn) {
-  const int64_t row_stride = s.kv_heads * D, row_bytes = D * sizeof(scalar_t);
-  for (int64_t start = 0, j = 0; start < len; start += s.block_size, ++j) {
-    const scalar_t* row = cache + (table[j] * s.block_size * s.kv_heads + h) * D;
-    const int64_t n = std::min(s.block_size, len - start);
-    if (start + s.block_size < len) {  // the next block's rows: blocks lie anywhere, no prefetcher guesses them
-      const char* next = reinterpret_cast<const char*>(cache + (table[j + 1] * s.block_size * s.kv_heads + h) * D);
-      const int64_t next_rows = std::min(s.block_size, len - start - s.block_size);
-      for (int64_t o = 0; o < next_rows; ++o, next += row_stride * sizeof(scalar_t))
-        for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(next + byte);
-    }
-    for (int64_t o = 0; o < n; ++o, row += row_stride) fn(row, start + o);
-  }
-}
-
 // Rows to write into the caches before attending (a decode step's new K/V), or none.
 template <typename scalar_t>
 struct NewRows {
@@ -66,13 +50,13 @@ struct NewRows {
   const int64_t* slots = nullptr;  // [B] cache slot of each new row, -1 = not stored
 };
 
-// What one task reads and writes: sequence b's KV head h, its group's G query heads.
+// What one task reads and writes: one sequence, all its heads.
 struct Task {
   const int32_t* table;
-  int64_t len, h;
-  float* query;   // [G, D] scaled, fp32
-  float* probs;   // [G, len]: scores, then probabilities
-  float* out;     // [G, D] fp32
+  int64_t len;
+  float* query;  // [H, D] scaled, fp32
+  float* probs;  // [H, len]: scores, then probabilities
+  float* out;    // [H, D] fp32
 };
 
 // softmax over x[0, n) in place: exp(x - max) / sum, n >= 1.
@@ -81,86 +65,127 @@ inline void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-// Any head size, any group: plain loops the compiler vectorizes as it can.
+// One block's n rows of one KV head (row stride `stride`), for query heads [g0, g0 + count) of its group:
+// scores into probs[g][t0 + o] (probs rows of length len), or P.V added to out[g] (fp32 [count, D]).
+// Any head size: plain loops the compiler vectorizes as it can.
 template <typename scalar_t>
-void attend_generic(const scalar_t* k_cache, const scalar_t* v_cache, const Task& task, const Shape& s) {
-  const int64_t D = s.head_dim, G = s.group, len = task.len;
-  for_each_row(k_cache, task.table, len, task.h, D, s, [&](const scalar_t* row, int64_t t) {
-    float key[kMaxHeadDim];
-    for (int64_t d = 0; d < D; ++d) key[d] = widen(row[d]);
-    for (int64_t g = 0; g < G; ++g) {
-      const float* q = task.query + g * D;
+void block_scores_generic(const scalar_t* rows, int64_t n, int64_t stride, const float* query, int64_t count,
+                          int64_t D, float* probs, int64_t len) {
+  float key[kMaxHeadDim];
+  for (int64_t o = 0; o < n; ++o, rows += stride) {
+    for (int64_t d = 0; d < D; ++d) key[d] = widen(rows[d]);
+    for (int64_t g = 0; g < count; ++g) {
+      const float* q = query + g * D;
       float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
       for (int64_t d = 0; d < D; ++d) sum += q[d] * key[d];
-      task.probs[g * len + t] = sum;
+      probs[g * len + o] = sum;
     }
-  });
-  for (int64_t g = 0; g < G; ++g) softmax(task.probs + g * len, len);
-  std::fill(task.out, task.out + G * D, 0.f);
-  for_each_row(v_cache, task.table, len, task.h, D, s, [&](const scalar_t* row, int64_t t) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float p = task.probs[g * len + t];
-      float* a = task.out + g * D;
+  }
+}
+
+template <typename scalar_t>
+void block_values_generic(const scalar_t* rows, int64_t n, int64_t stride, const float* probs, int64_t count,
+                          int64_t D, float* out, int64_t len) {
+  for (int64_t o = 0; o < n; ++o, rows += stride)
+    for (int64_t g = 0; g < count; ++g) {
+      const float p = probs[g * len + o];
+      float* a = out + g * D;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) a[d] += p * widen(row[d]);
+      for (int64_t d = 0; d < D; ++d) a[d] += p * widen(rows[d]);
     }
-  });
 }
 
 #if defined(__AVX512F__)
-// kG query heads (from g0) of a task, head size kD: queries, then accumulators, held in registers.
+// The same for kG query heads of head size kD, queries or accumulators in registers for the block.
 template <typename scalar_t, int kD, int kG>
-void attend_heads(const scalar_t* k_cache, const scalar_t* v_cache, const Task& task, int64_t g0, const Shape& s) {
+void block_scores(const scalar_t* rows, int64_t n, int64_t stride, const float* query, float* probs, int64_t len) {
   constexpr int R = kD / 16;
-  const int64_t len = task.len;
-  float* probs = task.probs + g0 * len;
   __m512 q[kG][R];
   for (int g = 0; g < kG; ++g)
-    for (int r = 0; r < R; ++r) q[g][r] = _mm512_loadu_ps(task.query + (g0 + g) * kD + 16 * r);
-  for_each_row(k_cache, task.table, len, task.h, kD, s, [&](const scalar_t* row, int64_t t) {
+    for (int r = 0; r < R; ++r) q[g][r] = _mm512_loadu_ps(query + g * kD + 16 * r);
+  for (int64_t o = 0; o < n; ++o, rows += stride) {
     __m512 key[R];
-    for (int r = 0; r < R; ++r) key[r] = load16(row + 16 * r);
+    for (int r = 0; r < R; ++r) key[r] = load16(rows + 16 * r);
     for (int g = 0; g < kG; ++g) {  // two accumulators, one tree reduction (a 16-add chain was 20-30% slower)
       __m512 a0 = _mm512_mul_ps(q[g][0], key[0]), a1 = _mm512_mul_ps(q[g][1], key[1]);
       for (int r = 2; r < R; r += 2) {
         a0 = _mm512_fmadd_ps(q[g][r], key[r], a0);
         a1 = _mm512_fmadd_ps(q[g][r + 1], key[r + 1], a1);
       }
-      probs[g * len + t] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    }
-  });
-  for (int g = 0; g < kG; ++g) softmax(probs + g * len, len);
-  __m512 acc[kG][R];
-  for (int g = 0; g < kG; ++g)
-    for (int r = 0; r < R; ++r) acc[g][r] = _mm512_setzero_ps();
-  for_each_row(v_cache, task.table, len, task.h, kD, s, [&](const scalar_t* row, int64_t t) {
-    __m512 value[R];
-    for (int r = 0; r < R; ++r) value[r] = load16(row + 16 * r);
-    for (int g = 0; g < kG; ++g) {
-      const __m512 p = _mm512_set1_ps(probs[g * len + t]);
-      for (int r = 0; r < R; ++r) acc[g][r] = _mm512_fmadd_ps(p, value[r], acc[g][r]);
-    }
-  });
-  for (int g = 0; g < kG; ++g)
-    for (int r = 0; r < R; ++r) _mm512_storeu_ps(task.out + (g0 + g) * kD + 16 * r, acc[g][r]);
-}
-
-// The group's heads in chunks that fit the 32 vector registers: 4 at head size 64, 2 at 128.
-template <typename scalar_t, int kD>
-void attend_vector(const scalar_t* k_cache, const scalar_t* v_cache, const Task& task, const Shape& s) {
-  constexpr int kChunk = kD == 64 ? 4 : 2;
-  for (int64_t g0 = 0; g0 < s.group; g0 += kChunk) {
-    const int64_t n = std::min<int64_t>(kChunk, s.group - g0);
-    if (n == 1) attend_heads<scalar_t, kD, 1>(k_cache, v_cache, task, g0, s);
-    else if (n == 2) attend_heads<scalar_t, kD, 2>(k_cache, v_cache, task, g0, s);
-    else if constexpr (kChunk == 4) {
-      if (n == 3) attend_heads<scalar_t, kD, 3>(k_cache, v_cache, task, g0, s);
-      else attend_heads<scalar_t, kD, 4>(k_cache, v_cache, task, g0, s);
+      probs[g * len + o] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     }
   }
 }
+
+template <typename scalar_t, int kD, int kG>
+void block_values(const scalar_t* rows, int64_t n, int64_t stride, const float* probs, float* out, int64_t len) {
+  constexpr int R = kD / 16;
+  __m512 acc[kG][R];
+  for (int g = 0; g < kG; ++g)
+    for (int r = 0; r < R; ++r) acc[g][r] = _mm512_loadu_ps(out + g * kD + 16 * r);
+  for (int64_t o = 0; o < n; ++o, rows += stride) {
+    __m512 value[R];
+    for (int r = 0; r < R; ++r) value[r] = load16(rows + 16 * r);
+    for (int g = 0; g < kG; ++g) {
+      const __m512 p = _mm512_set1_ps(probs[g * len + o]);
+      for (int r = 0; r < R; ++r) acc[g][r] = _mm512_fmadd_ps(p, value[r], acc[g][r]);
+    }
+  }
+  for (int g = 0; g < kG; ++g)
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + g * kD + 16 * r, acc[g][r]);
+}
 #endif
+
+// One pass over a sequence's cache in address order: q.K into probs (`scores`), else P.V into out.
+template <typename scalar_t, int kD>
+void pass(const scalar_t* cache, const Task& task, const Shape& s, bool scores) {
+  const int64_t D = kD ? kD : s.head_dim, stride = s.kv_heads * D, len = task.len;
+  constexpr int64_t kChunk = kD == 128 ? 2 : 4;  // query heads whose registers fit the 32 vector registers
+  for (int64_t start = 0, j = 0; start < len; start += s.block_size, ++j) {
+    const scalar_t* block = cache + task.table[j] * s.block_size * stride;
+    const int64_t n = std::min(s.block_size, len - start);
+    if (start + s.block_size < len && task.table[j + 1] != task.table[j] + 1) {  // a jump no prefetcher guesses
+      const char* next = reinterpret_cast<const char*>(cache + task.table[j + 1] * s.block_size * stride);
+      const int64_t bytes = std::min(s.block_size, len - start - s.block_size) * stride * sizeof(scalar_t);
+      for (int64_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(next + byte);
+    }
+    for (int64_t h = 0; h < s.kv_heads; ++h)
+      for (int64_t g0 = 0; g0 < s.group; g0 += kChunk) {
+        const int64_t head = h * s.group + g0, count = std::min(kChunk, s.group - g0);
+        const scalar_t* rows = block + h * D;
+        float* probs = task.probs + head * len + start;
+        float* out = task.out + head * D;
+        const float* query = task.query + head * D;
+#if defined(__AVX512F__)
+        if constexpr (kD > 0) {
+          auto run = [&](auto g) {
+            constexpr int kG = decltype(g)::value;
+            if (scores) block_scores<scalar_t, kD, kG>(rows, n, stride, query, probs, len);
+            else block_values<scalar_t, kD, kG>(rows, n, stride, probs, out, len);
+          };
+          if (count == 1) run(std::integral_constant<int, 1>{});
+          else if (count == 2) run(std::integral_constant<int, 2>{});
+          else if constexpr (kChunk == 4) {
+            if (count == 3) run(std::integral_constant<int, 3>{});
+            else run(std::integral_constant<int, 4>{});
+          }
+          continue;
+        }
+#endif
+        if (scores) block_scores_generic(rows, n, stride, query, count, D, probs, len);
+        else block_values_generic(rows, n, stride, probs, count, D, out, len);
+      }
+  }
+}
+
+template <typename scalar_t, int kD>
+void attend(const scalar_t* k_cache, const scalar_t* v_cache, const Task& task, const Shape& s) {
+  pass<scalar_t, kD>(k_cache, task, s, true);
+  for (int64_t head = 0; head < s.heads; ++head) softmax(task.probs + head * task.len, task.len);
+  std::fill(task.out, task.out + s.heads * s.head_dim, 0.f);
+  pass<scalar_t, kD>(v_cache, task, s, false);
+}
 
 template <typename scalar_t>
 void attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& tables,
@@ -172,29 +197,25 @@ void attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor&
   const auto* tp = tables.data_ptr<int32_t>();
   const auto* lp = lens.data_ptr<int32_t>();
   auto* op = out.data_ptr<scalar_t>();
-  const int64_t D = s.head_dim, G = s.group;
-  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> query(G * D), acc(G * D), probs(G * std::max<int64_t>(s.max_len, 1));
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / s.kv_heads, h = i % s.kv_heads;
-      const Task task{tp + b * s.max_blocks, lp[b], h, query.data(), probs.data(), acc.data()};
-      if (rows.slots && rows.slots[b] >= 0) {  // only this task reads head h of sequence b: no race
-        const int64_t to = (rows.slots[b] * s.kv_heads + h) * D;
-        std::copy_n(rows.k + b * rows.k_stride + h * D, D, kp + to);
-        std::copy_n(rows.v + b * rows.v_stride + h * D, D, vp + to);
+  const int64_t HD = s.heads * s.head_dim, KD = s.kv_heads * s.head_dim;
+  std::atomic<int64_t> next{0};  // sequences handed out one at a time: their lengths differ
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), s.batch);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    std::vector<float> query(HD), acc(HD), probs(s.heads * std::max<int64_t>(s.max_len, 1));
+    for (int64_t b = next++; b < s.batch; b = next++) {
+      const Task task{tp + b * s.max_blocks, lp[b], query.data(), probs.data(), acc.data()};
+      if (rows.slots && rows.slots[b] >= 0) {  // only this task reads sequence b: no race
+        std::copy_n(rows.k + b * rows.k_stride, KD, kp + rows.slots[b] * KD);
+        std::copy_n(rows.v + b * rows.v_stride, KD, vp + rows.slots[b] * KD);
       }
-      const scalar_t* qb = qp + b * q_stride + h * G * D;
-      for (int64_t j = 0; j < G * D; ++j) query[j] = widen(qb[j]) * static_cast<float>(scale);
-      if (task.len <= 0) {
-        std::fill(acc.begin(), acc.end(), 0.f);  // an empty context (a padding row) attends to nothing
-      }
-#if defined(__AVX512F__)
-      else if (D == 64) attend_vector<scalar_t, 64>(kp, vp, task, s);
-      else if (D == 128) attend_vector<scalar_t, 128>(kp, vp, task, s);
-#endif
-      else attend_generic(kp, vp, task, s);
-      scalar_t* ob = op + (b * s.heads + h * G) * D;
-      for (int64_t j = 0; j < G * D; ++j) ob[j] = static_cast<scalar_t>(acc[j]);
+      const scalar_t* qb = qp + b * q_stride;
+      for (int64_t j = 0; j < HD; ++j) query[j] = widen(qb[j]) * static_cast<float>(scale);
+      if (task.len <= 0) std::fill(acc.begin(), acc.end(), 0.f);  // an empty context (a padding row)
+      else if (s.head_dim == 64) attend<scalar_t, 64>(kp, vp, task, s);
+      else if (s.head_dim == 128) attend<scalar_t, 128>(kp, vp, task, s);
+      else attend<scalar_t, 0>(kp, vp, task, s);
+      scalar_t* ob = op + b * HD;
+      for (int64_t j = 0; j < HD; ++j) ob[j] = static_cast<scalar_t>(acc[j]);
     }
   });
 }
