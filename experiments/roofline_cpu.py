@@ -37,13 +37,15 @@ from harness.models import embedded_model_dir  # noqa: E402
 from harness.runner import vocabulary  # noqa: E402
 from harness.workload import synthesize  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from compare_table import WORKLOADS as STORE_WORKLOADS  # noqa: E402  (results' workload names -> study names)
+
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 WORKLOADS = {  # compare_cpu.sh's studies: (requests, input, output, shared prefix)
     "offline": (32, Lengths(dist=LengthDist.uniform, low=64, high=512), Lengths(dist=LengthDist.uniform, low=64, high=256), 0),
     "shared_prefix": (16, Lengths(dist=LengthDist.fixed, mean=32), Lengths(dist=LengthDist.fixed, mean=32), 400),
     "batch1": (1, Lengths(dist=LengthDist.fixed, mean=128), Lengths(dist=LengthDist.fixed, mean=128), 0),
 }  # fmt: skip
-STORE_WORKLOADS = {"uniform": "offline", "shared_prefix": "shared_prefix", "fixed": "batch1"}
 GOALS = {"vllm": 1.2, "hf": 5.0}  # issue 11: own >= 1.2x vLLM-CPU and >= 5x HF
 
 
