@@ -13,7 +13,6 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -198,26 +197,30 @@ void attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor&
   const auto* lp = lens.data_ptr<int32_t>();
   auto* op = out.data_ptr<scalar_t>();
   const int64_t HD = s.heads * s.head_dim, KD = s.kv_heads * s.head_dim;
-  std::atomic<int64_t> next{0};  // sequences handed out one at a time: their lengths differ
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), s.batch);
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    std::vector<float> query(HD), acc(HD), probs(s.heads * std::max<int64_t>(s.max_len, 1));
-    for (int64_t b = next++; b < s.batch; b = next++) {
-      const Task task{tp + b * s.max_blocks, lp[b], query.data(), probs.data(), acc.data()};
-      if (rows.slots && rows.slots[b] >= 0) {  // only this task reads sequence b: no race
-        std::copy_n(rows.k + b * rows.k_stride, KD, kp + rows.slots[b] * KD);
-        std::copy_n(rows.v + b * rows.v_stride, KD, vp + rows.slots[b] * KD);
-      }
-      const scalar_t* qb = qp + b * q_stride;
-      for (int64_t j = 0; j < HD; ++j) query[j] = widen(qb[j]) * static_cast<float>(scale);
-      if (task.len <= 0) std::fill(acc.begin(), acc.end(), 0.f);  // an empty context (a padding row)
-      else if (s.head_dim == 64) attend<scalar_t, 64>(kp, vp, task, s);
-      else if (s.head_dim == 128) attend<scalar_t, 128>(kp, vp, task, s);
-      else attend<scalar_t, 0>(kp, vp, task, s);
-      scalar_t* ob = op + b * HD;
-      for (int64_t j = 0; j < HD; ++j) ob[j] = static_cast<scalar_t>(acc[j]);
-    }
-  });
+  struct Buffers {
+    std::vector<float> query, acc, probs;
+  };
+  for_each_task(
+      s.batch,  // one sequence at a time: their lengths differ
+      [&] { return Buffers{std::vector<float>(HD), std::vector<float>(HD),
+                           std::vector<float>(s.heads * std::max<int64_t>(s.max_len, 1))}; },
+      [&](int64_t b, Buffers& w) {
+        std::vector<float>& query = w.query;
+        std::vector<float>& acc = w.acc;
+        const Task task{tp + b * s.max_blocks, lp[b], query.data(), w.probs.data(), acc.data()};
+        if (rows.slots && rows.slots[b] >= 0) {  // only this task reads sequence b: no race
+          std::copy_n(rows.k + b * rows.k_stride, KD, kp + rows.slots[b] * KD);
+          std::copy_n(rows.v + b * rows.v_stride, KD, vp + rows.slots[b] * KD);
+        }
+        const scalar_t* qb = qp + b * q_stride;
+        for (int64_t j = 0; j < HD; ++j) query[j] = widen(qb[j]) * static_cast<float>(scale);
+        if (task.len <= 0) std::fill(acc.begin(), acc.end(), 0.f);  // an empty context (a padding row)
+        else if (s.head_dim == 64) attend<scalar_t, 64>(kp, vp, task, s);
+        else if (s.head_dim == 128) attend<scalar_t, 128>(kp, vp, task, s);
+        else attend<scalar_t, 0>(kp, vp, task, s);
+        scalar_t* ob = op + b * HD;
+        for (int64_t j = 0; j < HD; ++j) ob[j] = static_cast<scalar_t>(acc[j]);
+      });
 }
 
 }  // namespace

@@ -10,7 +10,6 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -190,23 +189,21 @@ void prefill(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v
   std::stable_sort(tiles.begin(), tiles.end(), [&](const Tile& a, const Tile& b) {
     return lp[a.seq] - (cu[a.seq + 1] - cu[a.seq]) + a.first > lp[b.seq] - (cu[b.seq + 1] - cu[b.seq]) + b.first;
   });
-  std::atomic<int64_t> next{0};
   const auto* qp = q.data_ptr<scalar_t>();
   const auto* kp = k_cache.data_ptr<scalar_t>();
   const auto* vp = v_cache.data_ptr<scalar_t>();
   const auto* tp = tables.data_ptr<int32_t>();
   auto* op = out.data_ptr<scalar_t>();
-  const int64_t q_stride = q.stride(0), workers = std::min<int64_t>(at::get_num_threads(), tiles.size());
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    Scratch w(s.group * kPositions, s.head_dim);
-    for (int64_t i = next++; i < static_cast<int64_t>(tiles.size()); i = next++) {
-      const Tile& tile = tiles[i];
-      const int64_t start = cu[tile.seq];
-      attend_tile<scalar_t, kD>(tile, qp + start * q_stride, q_stride, kp, vp, tp + tile.seq * s.max_blocks,
-                                cu[tile.seq + 1] - start, lp[tile.seq], static_cast<float>(scale), s, w,
-                                op + start * s.heads * s.head_dim);
-    }
-  });
+  const int64_t q_stride = q.stride(0);
+  for_each_task(
+      tiles.size(), [&] { return Scratch(s.group * kPositions, s.head_dim); },
+      [&](int64_t i, Scratch& w) {
+        const Tile& tile = tiles[i];
+        const int64_t start = cu[tile.seq];
+        attend_tile<scalar_t, kD>(tile, qp + start * q_stride, q_stride, kp, vp, tp + tile.seq * s.max_blocks,
+                                  cu[tile.seq + 1] - start, lp[tile.seq], static_cast<float>(scale), s, w,
+                                  op + start * s.heads * s.head_dim);
+      });
 }
 
 }  // namespace

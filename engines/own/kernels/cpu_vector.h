@@ -1,6 +1,8 @@
-// What the CPU attention kernels share: exact bf16 -> fp32 widening, and the max and exp of a softmax.
+// What the CPU attention kernels share: exact bf16 -> fp32 widening, the max and exp of a softmax, and a
+// work queue over torch's threads.
 #pragma once
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 // libtorch_cpu's vectorized exp (1 ulp), the one ATen's AVX-512 `Vectorized<float>::exp` calls.
@@ -8,6 +10,7 @@ extern "C" __m512 Sleef_expf16_u10(__m512);
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -55,6 +58,17 @@ inline float exp_shifted(float* x, int64_t n, float shift) {
 #endif
   for (; t < n; ++t) sum += (x[t] = std::exp(x[t] - shift));
   return sum;
+}
+
+// fn(i, scratch) for every task i in [0, n), tasks handed out one at a time over torch's threads (their costs
+// differ: a static split can leave one thread all the costly ones); each worker makes its scratch once.
+template <typename Make, typename Fn>
+void for_each_task(int64_t n, Make make_scratch, Fn fn) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), n), 1, [&](int64_t, int64_t) {
+    auto scratch = make_scratch();
+    for (int64_t i = next++; i < n; i = next++) fn(i, scratch);
+  });
 }
 
 }  // namespace infermatrix::vec
