@@ -1,7 +1,7 @@
 """The fastest any engine could run issue 11's CPU workloads here, with the arithmetic engine=own does.
 
-Measures this machine (threads as given): matmul throughput through own's own linear layer (oneDNN-packed
-weights) on the embedded model's four layer shapes, at 2048 rows (a prefill step) and 32 rows (a batch-32
+Measures this machine (threads as given): matmul throughput through own's own linear layer (bf16: our
+AVX512-BF16 kernel where the CPU has it; else oneDNN-packed weights) on the embedded model's four layer shapes, at 2048 rows (a prefill step) and 32 rows (a batch-32
 decode step), and read bandwidth over 1 GiB. Then, for each workload of experiments/compare_cpu.sh, a floor:
   prefill  (prompt tokens, a shared prefix once) x linear FLOPs at the 2048-row rate, plus causal attention
            FLOPs at that rate
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from engines.base import ModelSpec  # noqa: E402
 from engines.own.architecture import ModelConfig  # noqa: E402
 from engines.own.loader import load_model  # noqa: E402
-from engines.own.quant.linear import PackedLinear  # noqa: E402
+from engines.own.quant.linear import cpu_packed_linear  # noqa: E402
 from harness.config import LengthDist, Lengths, WorkloadConfig  # noqa: E402
 from harness.models import embedded_model_dir  # noqa: E402
 from harness.runner import vocabulary  # noqa: E402
@@ -57,8 +57,8 @@ def layer_shapes(c: ModelConfig) -> list[tuple[int, int]]:
 
 
 def matmul_rate(c: ModelConfig, dtype: torch.dtype, rows: int) -> float:
-    """FLOP/s of one layer's linears at `rows` rows (best of 5), through own's packed linear."""
-    layers = [PackedLinear(torch.randn(n, k, dtype=dtype), None, 64) for n, k in layer_shapes(c)]
+    """FLOP/s of one layer's linears at `rows` rows (best of 5), through the packed linear own runs."""
+    layers = [cpu_packed_linear(torch.randn(n, k, dtype=dtype), None, 64)[0] for n, k in layer_shapes(c)]
     inputs = [torch.randn(rows, k, dtype=dtype) for _, k in layer_shapes(c)]
     flops = sum(2 * rows * n * k for n, k in layer_shapes(c))
     best = float("inf")

@@ -1,6 +1,7 @@
 """Our C++ kernels for the CPU, built on first use: paged attention for decodes (`cpu_decode_attention.cpp`)
 and for prefill chunks (`cpu_prefill_attention.cpp`), and a decoder layer's elementwise work
-(`cpu_layer_ops.cpp`: residual add + RMSNorm, RoPE, SwiGLU), bound in `cpu_kernels.cpp`.
+(`cpu_layer_ops.cpp`: residual add + RMSNorm, RoPE, SwiGLU), and a bfloat16 linear layer for CPUs with
+AVX512-BF16 (`cpu_linear.cpp`), bound in `cpu_kernels.cpp`.
 
 Decode over gathered K/V spent most of a CPU decode step in `index_select` and SDPA's flash kernel, which
 is tuned for long queries, not 1-3 query rows per KV head; prefill through SDPA gathered every context and ran
@@ -26,7 +27,8 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_decode_attention.cpp",
-                                                        "cpu_prefill_attention.cpp", "cpu_layer_ops.cpp")]  # fmt: skip
+                                                        "cpu_prefill_attention.cpp", "cpu_layer_ops.cpp",
+                                                        "cpu_linear.cpp")]  # fmt: skip
 
 
 def _cpu_tag() -> str:
@@ -112,3 +114,22 @@ def store_kv(
     """Write k, v [T, KVH, D] at their cache slots (our CPU runner never pads, so no slot is -1)."""
     k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+
+def bf16_linear_available() -> bool:
+    """Whether `bf16_linear` runs here: the extension builds, on a CPU with AVX512-BF16 (the build's -march)."""
+    return builds() and extension().has_bf16_linear()
+
+
+def pack_bf16_pairs(weight: torch.Tensor) -> torch.Tensor:
+    """bf16 W [N, K] in `bf16_linear`'s layout [Np/16, Kp/2, 16, 2]: k in pairs, 16 output rows per tile, zero
+    rows up to a multiple of 32 (Np) and a zero column when K is odd (Kp)."""
+    n, k = weight.shape
+    padded = torch.nn.functional.pad(weight.to(torch.bfloat16), (0, k % 2, 0, -n % 32))
+    return padded.view(padded.shape[0] // 16, 16, padded.shape[1] // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def bf16_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """x [M, K] bf16 @ W^T (+ bias) -> [M, out_features] bf16, W packed by `pack_bf16_pairs`; bias fp32, padded
+    as W's rows."""
+    return extension().bf16_linear(x, packed, bias, out_features)
