@@ -19,7 +19,7 @@ class OwnOptions(EngineOptions):
     # longest sequence, prompt + output (vLLM's --max-model-len); None = the model's context. Contiguous KV
     # regions, CUDA-graph block tables and the default KV budget are sized from it.
     max_model_len: int | None = None
-    pack_weights: bool = True  # CPU, fp32/bf16: float linears (bf16: and an LM head copy) packed (quant/apply.py)
+    pack_weights: bool = True  # CPU, fp32/bf16: float linears and an LM head copy packed (quant/apply.py)
     cpp_layer_ops: bool = True  # CPU, fp32/bf16: residual add + RMSNorm, RoPE, SwiGLU in C++ calls
 
     def __post_init__(self) -> None:

@@ -107,7 +107,7 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.final_norm = nn.Parameter(torch.ones(config.hidden_size))
         self.lm_head = None if config.tie_word_embeddings else nn.Parameter(torch.empty_like(self.embed))
-        self.packed_lm_head: nn.Module | None = None  # CPU: a oneDNN-packed copy (quant/apply.py)
+        self.packed_lm_head: nn.Module | None = None  # CPU: a packed copy (quant/apply.py)
         self.set_rope_tables(*cos_sin_table(config.rope, config.head_dim, max_position))
         self.attention = None  # set by the engine: an attention backend (engines/own/attention.py)
         self.ops = TorchLayerOps  # or, set by the engine on the CPU, the C++ extension (same functions)

@@ -1,7 +1,7 @@
-"""Our bfloat16 linear layer for AVX512-BF16 CPUs (kernels/cpu_linear.cpp, `PairPackedLinear`): each output is the
-fp32 sum of exact bf16 products rounded once to bf16, so it lies within half a bf16 step of the fp32 matmul; any
-shape (odd K, N not a multiple of the 32-row task), with or without bias, any row stride; and a row's output does
-not depend on the rows batched with it."""
+"""Our float linear layer for AVX-512 CPUs (kernels/cpu_linear.cpp, `TilePackedLinear`): each output is an fp32
+sum of the products over k rounded once to the dtype, so it lies within the error bound of a sum in order; any
+shape (odd K, N not a multiple of the 32-row task), with or without bias, any row stride; a row's output does not
+depend on the rows batched with it; and the engine packs with it wherever it runs."""
 
 from __future__ import annotations
 
@@ -10,65 +10,73 @@ import torch
 import torch.nn.functional as F
 
 from engines.own.kernels import cpu_kernels
-from engines.own.quant.linear import PackedLinear, PairPackedLinear, cpu_packed_linear
+from engines.own.quant.linear import TilePackedLinear, cpu_packed_linear
 
-pytestmark = pytest.mark.skipif(
-    cpu_kernels.missing_toolchain() is not None or not cpu_kernels.bf16_linear_available(),
-    reason="needs the C++ kernels built on a CPU with AVX512-BF16",
-)
-
-
-def _weights(n: int, k: int, bias: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
-    return w, torch.randn(n, generator=gen).to(torch.bfloat16) if bias else None
+DTYPES = [
+    pytest.param(dtype, marks=pytest.mark.skipif(
+        cpu_kernels.missing_toolchain() is not None or not cpu_kernels.packed_linear_available(dtype),
+        reason=f"needs the C++ kernels built on a CPU with AVX-512 ({dtype})"))
+    for dtype in (torch.float32, torch.bfloat16)
+]  # fmt: skip
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8}
 
 
+def _weights(n: int, k: int, bias: bool, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    gen = torch.Generator().manual_seed(n * k)
+    w = torch.randn(n, k, generator=gen).to(dtype)
+    return w, torch.randn(n, generator=gen).to(dtype) if bias else None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, k", [(960, 576), (576, 1536), (17, 9), (33, 64), (100, 131), (1, 2)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_outputs_are_the_fp32_matmul_rounded_once_to_bf16(n, k, bias):
-    w, b = _weights(n, k, bias)
-    layer = PairPackedLinear(w, b)
+def test_outputs_are_within_an_ordered_fp32_sum_rounded_once(n, k, bias, dtype):
+    w, b = _weights(n, k, bias, dtype)
+    layer = TilePackedLinear(w, b)
     for rows in (1, 3, 8, 9, 40):
-        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).to(dtype)
         exact = F.linear(x.double(), w.double(), None if b is None else b.double())
         out = layer(x)
-        assert out.shape == (rows, n) and out.dtype == torch.bfloat16
-        # half a bf16 step of rounding, plus fp32 accumulation error (far smaller) over sum |x||w|
-        bound = exact.abs() * 2.0**-8 + 1e-5 * (x.double().abs() @ w.double().abs().T)
+        assert out.shape == (rows, n) and out.dtype == dtype
+        # rounding to the dtype, plus an fp32 sum of k + 1 terms (the bias) over sum |x||w| + |b|
+        magnitude = x.double().abs() @ w.double().abs().T + (0 if b is None else b.double().abs())
+        bound = exact.abs() * UNIT_ROUNDOFF[dtype] + (k + 1) * 2.0**-24 * magnitude * (1 + UNIT_ROUNDOFF[dtype])
         assert ((out.double() - exact).abs() <= bound).all()
 
 
-def test_a_row_gives_the_same_bits_alone_as_in_any_batch():
-    w, b = _weights(960, 576, bias=True)
-    layer = PairPackedLinear(w, b)
-    x = torch.randn(33, 576, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_row_gives_the_same_bits_alone_as_in_any_batch(dtype):
+    w, b = _weights(960, 576, True, dtype)
+    layer = TilePackedLinear(w, b)
+    x = torch.randn(33, 576, generator=torch.Generator().manual_seed(1)).to(dtype)
     batched = layer(x)
     for row in (0, 7, 8, 32):
         torch.testing.assert_close(layer(x[row : row + 1]), batched[row : row + 1], rtol=0, atol=0)
     torch.testing.assert_close(layer(x[5:14]), batched[5:14], rtol=0, atol=0)
 
 
-def test_strided_rows_and_leading_dimensions_are_read_in_place():
-    w, _ = _weights(64, 96, bias=False)
-    layer = PairPackedLinear(w, None)
-    x = torch.randn(4, 3, 96, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_rows_and_leading_dimensions_are_read_in_place(dtype):
+    w, _ = _weights(64, 96, False, dtype)
+    layer = TilePackedLinear(w, None)
+    x = torch.randn(4, 3, 96, generator=torch.Generator().manual_seed(2)).to(dtype)
     torch.testing.assert_close(layer(x.transpose(0, 1)), layer(x.transpose(0, 1).contiguous()), rtol=0, atol=0)
     assert layer(x).shape == (4, 3, 64)
 
 
-def test_bf16_weights_take_this_kernel_and_fp32_ones_onednn():
-    w, _ = _weights(64, 64, bias=False)
-    layer, layout = cpu_packed_linear(w, None, batch_hint=8)
-    assert isinstance(layer, PairPackedLinear) and layout == "bf16_pairs"
-    layer, layout = cpu_packed_linear(w.float(), None, batch_hint=8)
-    assert isinstance(layer, PackedLinear) and layout == "onednn_packed"
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_engine_packs_with_this_kernel_wherever_it_runs(dtype):
+    layer, layout = cpu_packed_linear(_weights(64, 64, False, dtype)[0], None, batch_hint=8)
+    assert isinstance(layer, TilePackedLinear) and layout == "cpp_tiles"
 
 
-def test_the_kernel_refuses_what_it_cannot_read():
-    w, _ = _weights(64, 64, bias=False)
-    packed = cpu_kernels.pack_bf16_pairs(w)
-    with pytest.raises(RuntimeError, match="bf16 rows"):
-        cpu_kernels.bf16_linear(torch.ones(2, 64), packed, None, 64)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_kernel_refuses_what_it_cannot_read(dtype):
+    packed = cpu_kernels.pack_for_linear(_weights(64, 64, False, dtype)[0])
+    other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+    with pytest.raises(RuntimeError, match="in x's dtype"):
+        cpu_kernels.packed_linear(torch.ones(2, 64, dtype=other), packed, None, 64)
     with pytest.raises(RuntimeError, match="do not match"):
-        cpu_kernels.bf16_linear(torch.ones(2, 62, dtype=torch.bfloat16), packed, None, 64)
+        cpu_kernels.packed_linear(torch.ones(2, 30, dtype=dtype), packed, None, 64)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        cpu_kernels.packed_linear(torch.ones(2, 64, dtype=torch.float16), packed, None, 64)

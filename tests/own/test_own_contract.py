@@ -239,8 +239,8 @@ def test_packed_weights_give_the_same_tokens_as_plain_ones_and_say_so(config, dt
     spec = ModelSpec("tiny", None, random_config=dict(config), seed=0, dtype=dtype)
     packed, plain = (create_engine("own", spec, Technique(), dict(kv_cache_bytes=1 << 22, pack_weights=pack), "cpu")
                      for pack in (True, False))  # fmt: skip
-    ours = dtype == "bfloat16" and cpu_kernels.bf16_linear_available()  # our kernel on AVX512-BF16 CPUs
-    assert packed.stats()["weight_layout"] == ("bf16_pairs" if ours else "onednn_packed")
+    ours = cpu_kernels.packed_linear_available(getattr(torch, dtype))  # our kernel on AVX-512 CPUs
+    assert packed.stats()["weight_layout"] == ("cpp_tiles" if ours else "onednn_packed")
     assert plain.stats()["weight_layout"] == "plain"
     assert [o.token_ids for o in greedy(packed, prompts)] == [o.token_ids for o in greedy(plain, prompts)]
     half = ModelSpec("tiny", None, random_config=dict(config), seed=0, dtype="float16")

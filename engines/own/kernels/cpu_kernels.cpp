@@ -1,6 +1,7 @@
 // The CPU extension's Python bindings (engines/own/kernels/cpu_kernels.py).
 #include <torch/extension.h>
 
+#include <string>
 #include <tuple>
 
 namespace infermatrix {
@@ -16,9 +17,9 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const c10::
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin_signed);
 at::Tensor silu_mul(const at::Tensor& gate_up);
 at::Tensor lm_head(const at::Tensor& x, const at::Tensor& weight);
-bool has_bf16_linear();
-at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                       int64_t N);
+bool packed_linear_supports(const std::string& dtype);
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                         int64_t N);
 }  // namespace infermatrix
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -28,6 +29,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope", &infermatrix::rope, "rotate-half RoPE over q|k heads");
   m.def("silu_mul", &infermatrix::silu_mul, "silu(gate) * up over the fused gate|up rows");
   m.def("lm_head", &infermatrix::lm_head, "torch's linear over row chunks of the weight, one per thread");
-  m.def("has_bf16_linear", &infermatrix::has_bf16_linear, "whether bf16_linear was built (AVX512-BF16)");
-  m.def("bf16_linear", &infermatrix::bf16_linear, "x @ W^T (+ b) in bf16 over k-pair packed weights");
+  m.def("packed_linear_supports", &infermatrix::packed_linear_supports, "whether packed_linear runs in a dtype here");
+  m.def("packed_linear", &infermatrix::packed_linear, "x @ W^T (+ b) over weights packed in 16-row tiles");
 }

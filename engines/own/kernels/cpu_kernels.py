@@ -1,7 +1,7 @@
 """Our C++ kernels for the CPU, built on first use: paged attention for decodes (`cpu_decode_attention.cpp`)
 and for prefill chunks (`cpu_prefill_attention.cpp`), and a decoder layer's elementwise work
-(`cpu_layer_ops.cpp`: residual add + RMSNorm, RoPE, SwiGLU), and a bfloat16 linear layer for CPUs with
-AVX512-BF16 (`cpu_linear.cpp`), bound in `cpu_kernels.cpp`.
+(`cpu_layer_ops.cpp`: residual add + RMSNorm, RoPE, SwiGLU), and a float linear layer over weights
+packed in 16-row tiles (`cpu_linear.cpp`), bound in `cpu_kernels.cpp`.
 
 Decode over gathered K/V spent most of a CPU decode step in `index_select` and SDPA's flash kernel, which
 is tuned for long queries, not 1-3 query rows per KV head; prefill through SDPA gathered every context and ran
@@ -116,20 +116,24 @@ def store_kv(
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
-def bf16_linear_available() -> bool:
-    """Whether `bf16_linear` runs here: the extension builds, on a CPU with AVX512-BF16 (the build's -march)."""
-    return builds() and extension().has_bf16_linear()
+
+def packed_linear_available(dtype: torch.dtype) -> bool:
+    """Whether `packed_linear` runs here in `dtype`: the extension builds, with AVX-512 (fp32) or AVX512-BF16
+    (bf16) in this CPU (the build's -march)."""
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(dtype)
+    return name is not None and builds() and extension().packed_linear_supports(name)
 
 
-def pack_bf16_pairs(weight: torch.Tensor) -> torch.Tensor:
-    """bf16 W [N, K] in `bf16_linear`'s layout [Np/16, Kp/2, 16, 2]: k in pairs, 16 output rows per tile, zero
-    rows up to a multiple of 32 (Np) and a zero column when K is odd (Kp)."""
+def pack_for_linear(weight: torch.Tensor) -> torch.Tensor:
+    """W [N, K] (fp32 or bf16) in `packed_linear`'s layout [Np/16, Kp/s, 16, s], s = k per step (bf16: 2,
+    fp32: 1): 16 output rows per tile, zero rows up to a multiple of 32 (Np), a zero column for odd K in bf16."""
     n, k = weight.shape
-    padded = torch.nn.functional.pad(weight.to(torch.bfloat16), (0, k % 2, 0, -n % 32))
-    return padded.view(padded.shape[0] // 16, 16, padded.shape[1] // 2, 2).permute(0, 2, 1, 3).contiguous()
+    per = 2 if weight.dtype == torch.bfloat16 else 1
+    padded = torch.nn.functional.pad(weight, (0, -k % per, 0, -n % 32))
+    return padded.view(padded.shape[0] // 16, 16, padded.shape[1] // per, per).permute(0, 2, 1, 3).contiguous()
 
 
-def bf16_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """x [M, K] bf16 @ W^T (+ bias) -> [M, out_features] bf16, W packed by `pack_bf16_pairs`; bias fp32, padded
-    as W's rows."""
-    return extension().bf16_linear(x, packed, bias, out_features)
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """x [M, K] @ W^T (+ bias) -> [M, out_features] in x's dtype, W packed by `pack_for_linear` in that dtype;
+    bias fp32, zero-padded as W's rows."""
+    return extension().packed_linear(x, packed, bias, out_features)

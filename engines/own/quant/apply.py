@@ -17,7 +17,7 @@ from engines.own.quant.linear import (
     Int8Linear,
     Linear,
     PackedLinear,
-    PairPackedLinear,
+    TilePackedLinear,
     compute_dtype,
     cpu_packed_linear,
     default_backend,
@@ -32,7 +32,7 @@ DEFAULT_INT4_GROUP = 64  # divides SmolLM2's 576 and 1536 and every Llama width;
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and quantized-weight buffer (not the RoPE tables or the KV cache)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
-    modules = (Int8Linear, Int4Linear, PackedLinear, PairPackedLinear)
+    modules = (Int8Linear, Int4Linear, PackedLinear, TilePackedLinear)
     return total + sum(m.weight_bytes() for m in model.modules() if isinstance(m, modules))
 
 
@@ -64,9 +64,10 @@ def quantize_model(
 
 
 def pack_float_linears(model: nn.Module, batch_hint: int) -> str:
-    """On the CPU in float32 or bfloat16, put every float `Linear` (and in bfloat16 the LM head) in a packed
-    layout (`cpu_packed_linear`: ours by k pairs in bfloat16 on AVX512-BF16 CPUs, else oneDNN's blocked one);
-    returns the weight layout the model now runs with ("bf16_pairs", "onednn_packed" or "plain", with the reason)."""
+    """On the CPU in float32 or bfloat16, put every float `Linear` and the LM head (but not in float32 through
+    oneDNN) in a packed layout (`cpu_packed_linear`: ours in 16-row tiles where the CPU has AVX-512, AVX512-BF16
+    for bfloat16; else oneDNN's blocked one);
+    returns the weight layout the model now runs with ("cpp_tiles", "onednn_packed" or "plain", with the reason)."""
     first = next(model.parameters())
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.bfloat16):
         return "plain (packing is for float32 and bfloat16 on the CPU)"
@@ -78,11 +79,11 @@ def pack_float_linears(model: nn.Module, batch_hint: int) -> str:
             if isinstance(child, Linear):
                 packed, layout = cpu_packed_linear(child.weight, child.bias, batch_hint)
                 setattr(parent, name, packed)
-    # the LM head too in bf16 (2x faster at one row here): a packed copy, since the embedding lookup reads the
-    # plain rows (tied in SmolLM2); costs vocab x hidden more weight bytes. Not in fp32: oneDNN's summation order
-    # there moved logits 1.03e-4 from HF's (tests/own/test_own_matches_hf.py allows 1e-4); fp32 runs torch's own
-    # linear on every thread instead (the C++ layer ops' lm_head: same bits, 2x at one row)
-    if first.dtype == torch.bfloat16:
+    # the LM head too (2x faster at one row here): a packed copy, since the embedding lookup reads the plain rows
+    # (tied in SmolLM2); costs vocab x hidden more weight bytes. Not in fp32 through oneDNN: its summation order
+    # there moved logits 1.03e-4 from HF's (tests/own/test_own_matches_hf.py allows 1e-4), so that case runs
+    # torch's own linear on every thread instead (the C++ layer ops' lm_head: same bits, 2x at one row)
+    if first.dtype == torch.bfloat16 or layout == "cpp_tiles":
         model.packed_lm_head, layout = cpu_packed_linear(model.lm_head_weight(), None, batch_hint)
     return layout
 
