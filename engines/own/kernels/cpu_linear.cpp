@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -28,6 +29,17 @@ namespace {
 constexpr int64_t kTile = 16;  // output rows per packed tile
 constexpr int kTiles = 2;      // tiles per task
 constexpr int kRows = 8;       // rows of x per pass over a task's tiles
+
+template <typename scalar_t>
+constexpr bool supported() {
+#if defined(__AVX512BF16__)
+  return true;
+#elif defined(__AVX512F__)
+  return std::is_same_v<scalar_t, float>;
+#else
+  return false;
+#endif
+}
 
 template <typename scalar_t>
 struct Step;  // one step of k for one 16-row tile, in each dtype
@@ -55,7 +67,9 @@ struct Step<at::BFloat16> {
   using Operand = __m512bh;
   static __m512bh weights(const at::BFloat16* w) { return (__m512bh)_mm512_loadu_si512(w); }
   static __m512bh x(const at::BFloat16* row, int64_t step) {
-    return (__m512bh)_mm512_set1_epi32(*reinterpret_cast<const int32_t*>(row + 2 * step));
+    int32_t pair;  // two adjacent bf16 as one 32-bit lane, low half first
+    std::memcpy(&pair, row + 2 * step, sizeof(pair));
+    return (__m512bh)_mm512_set1_epi32(pair);
   }
   // odd K: the last x alone, against the zero column the packing added
   static __m512bh x_tail(const at::BFloat16* row, int64_t K) {
@@ -69,17 +83,7 @@ struct Step<at::BFloat16> {
 };
 #endif
 
-template <typename scalar_t>
-constexpr bool supported() {
-#if defined(__AVX512BF16__)
-  return true;
-#elif defined(__AVX512F__)
-  return std::is_same_v<scalar_t, float>;
-#else
-  return false;
-#endif
-}
-
+#if defined(__AVX512F__)
 // y[m][16 t + j] for kM rows of x over the task's tiles; `steps` per tile; bias (fp32, padded) or null; writes
 // the first `cols` outputs (the last task may end past N).
 template <typename scalar_t, int kM>
@@ -141,6 +145,8 @@ void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at
   });
 }
 
+#endif
+
 }  // namespace
 
 namespace infermatrix {
@@ -171,8 +177,10 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c1
                         bias->numel() == packed.size(0) * kTile), "bias: fp32 [padded N]");
   at::Tensor y = at::empty({x.size(0), N}, x.options());
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+#if defined(__AVX512F__)
   if (bf16) linear<at::BFloat16>(x, packed, bp, y);
   else linear<float>(x, packed, bp, y);
+#endif
   return y;
 }
 
