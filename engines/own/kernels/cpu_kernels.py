@@ -116,7 +116,6 @@ def store_kv(
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
 
 
-
 def packed_linear_available(dtype: torch.dtype) -> bool:
     """Whether `packed_linear` runs here in `dtype`: the extension builds, with AVX-512 (fp32) or AVX512-BF16
     (bf16) in this CPU (the build's -march)."""

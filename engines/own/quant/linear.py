@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.own.kernels import cpu_kernels
 from engines.own.quant.formats import Int4Weight, Int8Weight, pack_nibbles
 
 BACKENDS = ("torch", "triton")
@@ -84,21 +85,16 @@ class TilePackedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        from engines.own.kernels.cpu_kernels import pack_for_linear
-
         self.out_features, self.in_features = weight.shape
         self.nbytes = _tensor_bytes(weight, bias)
-        self.packed = pack_for_linear(weight.detach())
+        self.packed = cpu_kernels.pack_for_linear(weight.detach())
         padded = self.packed.shape[0] * self.packed.shape[2]
         self.bias = None if bias is None else F.pad(bias.detach().float(), (0, padded - self.out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from engines.own.kernels.cpu_kernels import packed_linear
-
         rows = x.reshape(-1, self.in_features)
-        out = packed_linear(rows if rows.stride(-1) == 1 else rows.contiguous(), self.packed, self.bias,
-                            self.out_features)  # fmt: skip
-        return out.view(*x.shape[:-1], -1)
+        rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+        return cpu_kernels.packed_linear(rows, self.packed, self.bias, self.out_features).view(*x.shape[:-1], -1)
 
     def weight_bytes(self) -> int:
         return self.nbytes
@@ -107,9 +103,7 @@ class TilePackedLinear(nn.Module):
 def cpu_packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int) -> tuple[nn.Module, str]:
     """The fastest float linear for this CPU and dtype, and its layout's name: our tile-packed kernel where the
     CPU has AVX-512 (AVX512-BF16 for bf16), else oneDNN's blocked layout."""
-    from engines.own.kernels.cpu_kernels import packed_linear_available
-
-    if packed_linear_available(weight.dtype):
+    if cpu_kernels.packed_linear_available(weight.dtype):
         return TilePackedLinear(weight, bias), "cpp_tiles"
     return PackedLinear(weight, bias, batch_hint), "onednn_packed"
 
