@@ -2,12 +2,15 @@
 // Cache layout per layer: [num_blocks, block_size, num_kv_heads, head_dim], float32 or bfloat16.
 // One task per sequence, two passes over its cache (q.K into a task-local buffer, an exact softmax per head,
 // then P.V), each block after block and, inside a block, KV head after KV head, so the cache is read in
-// address order. Each K/V row is widened once per head group; with AVX-512 the group's queries or
-// accumulators stay in registers for the block. Memory sets the pace: batch 32 x 284-316 keys, 30 layers, bf16,
+// address order. Each K/V row is widened once per head group; with AVX-512 P.V keeps the group's
+// accumulators in registers for the block. Memory sets the pace: batch 32 x 284-316 keys, 30 layers, bf16,
 // 2 threads, a loop that only loads the cache took 8 ms in address order and 14 ms head by head (every third
 // 128-byte piece of each row, as the older task per (sequence, KV head) read it); that kernel took 17-21 ms,
 // this one 15-17 ms, and a batch-32 engine decode step went from 57-60 ms to 54 ms (same bits out).
-// A jump to a block that is not the next one in memory is prefetched; a neighbour the hardware finds itself.
+// With the cache in DRAM the kernel took about its compute time plus its read time (bf16: 7 ms with the caches in
+// L3, 15-24 ms from DRAM, where a plain sum reads them in 8.5): the next block of the pass is prefetched into L2
+// while one computes (bf16 12-14 ms; into L1, or two or four blocks ahead: no better, often worse), and q.K reduces four rows
+// at once (in L3: 6 ms). fp32 stays at 25-28 ms (465 MB a step) with or without either.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
@@ -96,24 +99,43 @@ void block_values_generic(const scalar_t* rows, int64_t n, int64_t stride, const
 }
 
 #if defined(__AVX512F__)
-// The same for kG query heads of head size kD, queries or accumulators in registers for the block.
+// The sums of a's, b's, c's and d's 16 lanes, in that order: 13 instructions, where four _mm512_reduce_add_ps
+// compile to 32 (eight each, one long dependency chain).
+inline __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));  // a b a b per 128 bits
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  const __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
+  const __m512 abcd = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)),
+                                    _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)));  // a b c d per 128 bits
+  const __m512 half = _mm512_add_ps(abcd, _mm512_shuffle_f32x4(abcd, abcd, 0x4E));  // 128-bit lanes 0+2, 1+3
+  return _mm512_castps512_ps128(_mm512_add_ps(half, _mm512_shuffle_f32x4(half, half, 0xB1)));
+}
+
+// The same for kG query heads of head size kD: four rows at a time, each key row widened once for the group,
+// their sums reduced together.
 template <typename scalar_t, int kD, int kG>
 void block_scores(const scalar_t* rows, int64_t n, int64_t stride, const float* query, float* probs, int64_t len) {
   constexpr int R = kD / 16;
-  __m512 q[kG][R];
-  for (int g = 0; g < kG; ++g)
-    for (int r = 0; r < R; ++r) q[g][r] = _mm512_loadu_ps(query + g * kD + 16 * r);
-  for (int64_t o = 0; o < n; ++o, rows += stride) {
-    __m512 key[R];
-    for (int r = 0; r < R; ++r) key[r] = load16(rows + 16 * r);
-    for (int g = 0; g < kG; ++g) {  // two accumulators, one tree reduction (a 16-add chain was 20-30% slower)
-      __m512 a0 = _mm512_mul_ps(q[g][0], key[0]), a1 = _mm512_mul_ps(q[g][1], key[1]);
-      for (int r = 2; r < R; r += 2) {
-        a0 = _mm512_fmadd_ps(q[g][r], key[r], a0);
-        a1 = _mm512_fmadd_ps(q[g][r + 1], key[r + 1], a1);
+  for (int64_t o0 = 0; o0 < n; o0 += 4) {
+    const int m = static_cast<int>(std::min<int64_t>(4, n - o0));
+    __m512 dot[kG][4];
+    for (int i = 0; i < 4; ++i) {
+      if (i >= m) {
+        for (int g = 0; g < kG; ++g) dot[g][i] = _mm512_setzero_ps();
+        continue;
       }
-      probs[g * len + o] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+      const scalar_t* row = rows + (o0 + i) * stride;
+      __m512 key[R];
+      for (int r = 0; r < R; ++r) key[r] = load16(row + 16 * r);
+      for (int g = 0; g < kG; ++g) {
+        __m512 a = _mm512_mul_ps(_mm512_loadu_ps(query + g * kD), key[0]);
+        for (int r = 1; r < R; ++r) a = _mm512_fmadd_ps(_mm512_loadu_ps(query + g * kD + 16 * r), key[r], a);
+        dot[g][i] = a;
+      }
     }
+    const __mmask8 mask = static_cast<__mmask8>((1u << m) - 1);
+    for (int g = 0; g < kG; ++g)
+      _mm_mask_storeu_ps(probs + g * len + o0, mask, sum4(dot[g][0], dot[g][1], dot[g][2], dot[g][3]));
   }
 }
 
@@ -144,10 +166,10 @@ void pass(const scalar_t* cache, const Task& task, const Shape& s, bool scores) 
   for (int64_t start = 0, j = 0; start < len; start += s.block_size, ++j) {
     const scalar_t* block = cache + task.table[j] * s.block_size * stride;
     const int64_t n = std::min(s.block_size, len - start);
-    if (start + s.block_size < len && task.table[j + 1] != task.table[j] + 1) {  // a jump no prefetcher guesses
+    if (start + s.block_size < len) {  // the next block into L2 while this one computes
       const char* next = reinterpret_cast<const char*>(cache + task.table[j + 1] * s.block_size * stride);
       const int64_t bytes = std::min(s.block_size, len - start - s.block_size) * stride * sizeof(scalar_t);
-      for (int64_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(next + byte);
+      for (int64_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(next + byte, 0, 2);
     }
     for (int64_t h = 0; h < s.kv_heads; ++h)
       for (int64_t g0 = 0; g0 < s.group; g0 += kChunk) {
