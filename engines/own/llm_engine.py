@@ -268,6 +268,7 @@ class LLMEngine:
             "kv_waste_pct": 100.0 * (1 - c.real_token_steps / allocated) if allocated else 0.0,
             "prefix_cache_hit_rate": self.kv.hit_rate(),
             "prefix_cache_hit_tokens": self.kv.hits,
+            "prefix_cache_lookup_tokens": self.kv.lookups,
             **({"speculation": self.speculator.stats.as_dict()} if self.speculator is not None else {}),
             **self._serve_stats(),
         }
