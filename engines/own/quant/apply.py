@@ -19,9 +19,9 @@ from engines.own.quant.linear import (
     PackedLinear,
     TilePackedLinear,
     compute_dtype,
+    cpu_linear_layout,
     cpu_packed_linear,
     default_backend,
-    onednn_packing_available,
 )
 
 METHODS = ("none", "int8", "int4")
@@ -71,20 +71,19 @@ def pack_float_linears(model: nn.Module, batch_hint: int) -> str:
     first = next(model.parameters())
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.bfloat16):
         return "plain (packing is for float32 and bfloat16 on the CPU)"
-    if not onednn_packing_available():
-        return "plain (this torch has no oneDNN weight packing)"
-    layout = "plain"
+    layout = cpu_linear_layout(first.dtype)
+    if layout == "plain":
+        return "plain (no AVX-512 here for our kernel and no oneDNN weight packing in this torch)"
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Linear):
-                packed, layout = cpu_packed_linear(child.weight, child.bias, batch_hint)
-                setattr(parent, name, packed)
+                setattr(parent, name, cpu_packed_linear(child.weight, child.bias, batch_hint)[0])
     # the LM head too (2x faster at one row here): a packed copy, since the embedding lookup reads the plain rows
     # (tied in SmolLM2); costs vocab x hidden more weight bytes. Not in fp32 through oneDNN: its summation order
     # there moved logits 1.03e-4 from HF's (tests/own/test_own_matches_hf.py allows 1e-4), so that case runs
     # torch's own linear on every thread instead (the C++ layer ops' lm_head: same bits, 2x at one row)
     if first.dtype == torch.bfloat16 or layout == "cpp_tiles":
-        model.packed_lm_head, layout = cpu_packed_linear(model.lm_head_weight(), None, batch_hint)
+        model.packed_lm_head = cpu_packed_linear(model.lm_head_weight(), None, batch_hint)[0]
     return layout
 
 

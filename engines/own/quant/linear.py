@@ -100,12 +100,21 @@ class TilePackedLinear(nn.Module):
         return self.nbytes
 
 
+def cpu_linear_layout(dtype: torch.dtype) -> str:
+    """The fastest packed layout for float linears on this CPU: "cpp_tiles" (our kernel: AVX-512, AVX512-BF16
+    for bf16), else "onednn_packed" where this torch packs for oneDNN, else "plain"."""
+    if cpu_kernels.packed_linear_available(dtype):
+        return "cpp_tiles"
+    return "onednn_packed" if onednn_packing_available() else "plain"
+
+
 def cpu_packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int) -> tuple[nn.Module, str]:
-    """The fastest float linear for this CPU and dtype, and its layout's name: our tile-packed kernel where the
-    CPU has AVX-512 (AVX512-BF16 for bf16), else oneDNN's blocked layout."""
-    if cpu_kernels.packed_linear_available(weight.dtype):
-        return TilePackedLinear(weight, bias), "cpp_tiles"
-    return PackedLinear(weight, bias, batch_hint), "onednn_packed"
+    """The float linear in `cpu_linear_layout`'s layout, and that layout's name."""
+    layout = cpu_linear_layout(weight.dtype)
+    if layout == "plain":
+        raise RuntimeError("no packed float linear here: no AVX-512 for ours and no oneDNN packing in this torch")
+    module = TilePackedLinear(weight, bias) if layout == "cpp_tiles" else PackedLinear(weight, bias, batch_hint)
+    return module, layout
 
 
 class Int8Linear(nn.Module):
