@@ -9,8 +9,8 @@
 // this one 15-17 ms, and a batch-32 engine decode step went from 57-60 ms to 54 ms (same bits out).
 // With the cache in DRAM the kernel took about its compute time plus its read time (bf16: 7 ms with the caches in
 // L3, 15-24 ms from DRAM, where a plain sum reads them in 8.5): the next block of the pass is prefetched into L2
-// while one computes (bf16 12-14 ms; into L1, or two or four blocks ahead: no better, often worse), and q.K reduces four rows
-// at once (in L3: 6 ms). fp32 stays at 25-28 ms (465 MB a step) with or without either.
+// while one computes (bf16 12-14 ms; into L1, or two or four blocks ahead: no better, often worse), and q.K
+// reduces four rows at once (in L3: 6 ms). fp32 stays at 25-28 ms (465 MB a step) with or without either.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
