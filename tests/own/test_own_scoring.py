@@ -77,10 +77,12 @@ def test_contexts_sharing_a_prefix_in_one_call_wait_a_batch_and_reuse_it(model):
     try:
         scored = engine.score_tails(with_choices(contexts), [1] * 8)
         hits = engine.stats()["prefix_cache_hit_tokens"]
+        looked_up = engine.stats()["prefix_cache_lookup_tokens"]
         again = [engine.score([seq])[0] for seq in with_choices(contexts)]
     finally:
         engine.close()
     assert hits == 64  # the 4 full blocks of the shared prefix, reused once
+    assert looked_up == sum(map(len, contexts))  # each context once, whatever its four choices
     for got, want in zip(scored, again):
         assert got.logprobs[0] == pytest.approx(want.logprobs[-1], abs=TOLERANCE)
 
