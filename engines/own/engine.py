@@ -43,6 +43,7 @@ from engines.own.kernels import cpu_kernels
 from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.quant.apply import DEFAULT_INT4_GROUP, pack_float_linears, quantize_model
+from engines.own.quant.linear import cpu_linear_instructions
 from engines.own.scheduler import SchedulerConfig
 from engines.own.scoring import score_sequences, score_tails
 from engines.own.speculative.setup import build_speculator, load_spec_draft, resolve_spec_options
@@ -116,6 +117,8 @@ class OwnEngine(Engine):
         self.model, hf_config = load_model(model, self.device, options.max_model_len)
         self.quantization = quantize_model(self.model, technique.quant.value, technique.quant_group_size)
         self.weight_layout = pack_float_linears(self.model, options.max_num_seqs) if options.pack_weights else "plain"
+        self.linear_instructions = (cpu_linear_instructions(torch_dtype(model.dtype))
+                                    if self.weight_layout == "cpp_tiles" else None)  # fmt: skip
         self.layer_ops = self._bind_layer_ops(options.cpp_layer_ops, torch_dtype(model.dtype))
         config = self.model.config
         try:
@@ -235,6 +238,7 @@ class OwnEngine(Engine):
             block_size=self.options.block_size,
             quantization=self.quantization,
             weight_layout=self.weight_layout,
+            linear_instructions=self.linear_instructions,
             layer_ops=self.layer_ops,
         )
         if self.device.type == "cuda":

@@ -1,7 +1,8 @@
 """Our float linear layer for AVX-512 CPUs (kernels/cpu_linear.cpp, `TilePackedLinear`): each output is an fp32
 sum of the products over k rounded once to the dtype, so it lies within the error bound of a sum in order; any
 shape (odd K, N not a multiple of the 32-row task), with or without bias, any row stride; a row's output does not
-depend on the rows batched with it; and the engine packs with it wherever it runs."""
+depend on the rows batched with it; the engine packs with it wherever it runs; and bf16 runs on AMX tiles
+wherever the CPU has them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from engines.own.kernels import cpu_kernels
-from engines.own.quant.linear import TilePackedLinear, cpu_packed_linear
+from engines.own.quant.linear import TilePackedLinear, cpu_linear_instructions, cpu_packed_linear
 
 DTYPES = [
     pytest.param(dtype, marks=pytest.mark.skipif(
@@ -80,3 +81,12 @@ def test_the_kernel_refuses_what_it_cannot_read(dtype):
         cpu_kernels.packed_linear(torch.ones(2, 30, dtype=dtype), packed, None, 64)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         cpu_kernels.packed_linear(torch.ones(2, 64, dtype=torch.float16), packed, None, 64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bf16_runs_on_amx_tiles_wherever_the_cpu_has_them(dtype):
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    amx = "amx_tile" in flags and "amx_bf16" in flags
+    assert cpu_kernels.packed_linear_amx() == amx
+    expected = {torch.float32: "AVX-512 FMA", torch.bfloat16: "AMX-BF16" if amx else "AVX512-BF16"}[dtype]
+    assert cpu_linear_instructions(dtype).startswith(expected)

@@ -18,6 +18,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 at::Tensor silu_mul(const at::Tensor& gate_up);
 at::Tensor lm_head(const at::Tensor& x, const at::Tensor& weight);
 bool packed_linear_supports(const std::string& dtype);
+bool packed_linear_amx();
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                          int64_t N);
 }  // namespace infermatrix
@@ -30,5 +31,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &infermatrix::silu_mul, "silu(gate) * up over the fused gate|up rows");
   m.def("lm_head", &infermatrix::lm_head, "torch's linear over row chunks of the weight, one per thread");
   m.def("packed_linear_supports", &infermatrix::packed_linear_supports, "whether packed_linear runs in a dtype here");
+  m.def("packed_linear_amx", &infermatrix::packed_linear_amx, "whether bf16 packed_linear runs on AMX tiles here");
   m.def("packed_linear", &infermatrix::packed_linear, "x @ W^T (+ b) over weights packed in 16-row tiles");
 }

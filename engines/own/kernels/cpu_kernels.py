@@ -123,6 +123,12 @@ def packed_linear_available(dtype: torch.dtype) -> bool:
     return name is not None and builds() and extension().packed_linear_supports(name)
 
 
+def packed_linear_amx() -> bool:
+    """Whether bf16 `packed_linear` runs on AMX tiles here (K a multiple of 32): a CPU with AMX-BF16, a build
+    for it, and the OS's leave to use the tile state."""
+    return builds() and extension().packed_linear_amx()
+
+
 def pack_for_linear(weight: torch.Tensor) -> torch.Tensor:
     """W [N, K] (fp32 or bf16) in `packed_linear`'s layout [Np/16, Kp/s, 16, s], s = k per step (bf16: 2,
     fp32: 1): 16 output rows per tile, zero rows up to a multiple of 32 (Np), a zero column for odd K in bf16."""

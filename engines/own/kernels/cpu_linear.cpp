@@ -1,13 +1,18 @@
 // Float linear layer for AVX-512 CPUs: y = x @ W^T (+ b) over k in order, fp32 sums rounded once to the dtype.
 // W is packed for 16 output rows at a time, [N/16][K/s][16][s] with s = k per step (bf16: 2, one vdpbf16ps over a
 // pair, AVX512-BF16; fp32: 1, one FMA), so one 64-byte load feeds 16 outputs and x is one broadcast per step: no
-// horizontal sums. A task is two 16-row tiles; rows of x go eight at a time (16 accumulators in registers). fp32
-// adds a partial sum per 64 k into y: max relative error over SmolLM2's shapes 1.6-2.3e-7 against float64, where
-// oneDNN's packed matmul gave 6.8-9.6e-7 and F.linear (MKL) 2.7-4.0e-7 (one sum over all k: 7.6e-7-1.2e-6).
-// Why not oneDNN: SmolLM2's 121 linears of a decode step (weights streamed from memory, 2 threads, 4 alternating
-// rounds), bf16: 14.8-16.5 ms there at one row of x and 10.0-10.5 ms here, 15.3-16.0 vs 12.0-13.6 at 8 rows,
-// 29.9-33.0 vs 26.1-30.9 at 32; fp32: 30.1-36.1 vs 18.0-20.6 at one row, 56.2-65.4 vs 50.5-58.4 at 32. One layer
-// at 2048 rows (a prefill chunk): bf16 361-416 GFLOP/s there, 374-422 here; fp32 209-219 there, 193-206 here.
+// horizontal sums. A task is two 16-row tiles; rows of x go eight at a time (16 accumulators in registers), in
+// fp32 above 8 rows six at a time over two tasks (24). fp32 adds a partial sum per 64 k into y: max relative
+// error over SmolLM2's shapes 1.6-2.3e-7 against float64, where oneDNN's packed matmul gave 6.8-9.6e-7 and
+// F.linear (MKL) 2.7-4.0e-7 (one sum over all k: 7.6e-7-1.2e-6). bf16 packing is AMX's B-tile layout as it
+// stands: where the CPU has AMX-BF16 (and K is a multiple of 32) the sums run on tiles, 32 rows x 2 tiles at once.
+// A thread sweeps its tasks in blocks of 8, each over x in chunks of 256 rows, so both stay in L2.
+// Measured, SmolLM2's four layer shapes, 2 threads, weights warm (GFLOP/s, ours / oneDNN's packed matmul):
+// AVX-512 only (an AMD EPYC, earlier): bf16 374-422 / 361-416 at 2048 rows, fp32 193-206 / 209-219; decode
+// step's 121 linears at 32 rows bf16 26.1-30.9 ms / 29.9-33.0, fp32 50.5-58.4 / 56.2-65.4. With AMX (a Xeon,
+// 2026-12-01): bf16 at 2048 rows 1949-2130 / 2441-2613 (AVX512-BF16 was 219), 256: 2274-2511 / 2040, 32:
+// 1789-1854 / 1062-1150 (was 220), 8: 814-851 / 354-370, one row 104-111 / 42-47 (was 74); fp32 (blocked,
+// 6 x 4 tiles) 2048 rows 328 / 355 (was 265), 256: 335 / 353, 32: 302 / 245, one row 36 / 19.
 // Each row's sum runs in the same order whatever the number of rows: a token's logits do not depend on its batch.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -23,12 +28,18 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace {
 
 constexpr int64_t kTile = 16;  // output rows per packed tile
 constexpr int kTiles = 2;      // tiles per task
 constexpr int kRows = 8;       // rows of x per pass over a task's tiles
+// a thread sweeps its tasks in blocks, each block over x in chunks of rows: both stay in L2 meanwhile
+constexpr int64_t kBlockTasks = 8, kBlockRows = 256;
 
 template <typename scalar_t>
 constexpr bool supported() {
@@ -86,30 +97,30 @@ struct Step<at::BFloat16> {
 #if defined(__AVX512F__)
 // y[m][16 t + j] for kM rows of x over the task's tiles; `steps` per tile; bias (fp32, padded) or null; writes
 // the first `cols` outputs (the last task may end past N).
-template <typename scalar_t, int kM>
+template <typename scalar_t, int kM, int kT>
 void tiles(const scalar_t* x, int64_t x_stride, int64_t K, const scalar_t* w, int64_t steps, const float* bias,
            scalar_t* y, int64_t y_stride, int64_t cols) {
   if constexpr (supported<scalar_t>()) {
     using S = Step<scalar_t>;
-    __m512 acc[kM][kTiles];
+    __m512 acc[kM][kT];
     auto step = [&](int64_t s, auto x_of_row) {
-      typename S::Operand wv[kTiles];
-      for (int t = 0; t < kTiles; ++t) wv[t] = S::weights(w + (t * steps + s) * S::kPer * kTile);
+      typename S::Operand wv[kT];
+      for (int t = 0; t < kT; ++t) wv[t] = S::weights(w + (t * steps + s) * S::kPer * kTile);
       for (int m = 0; m < kM; ++m) {
         const auto xv = x_of_row(x + m * x_stride);
-        for (int t = 0; t < kTiles; ++t) acc[m][t] = S::add(acc[m][t], xv, wv[t]);
+        for (int t = 0; t < kT; ++t) acc[m][t] = S::add(acc[m][t], xv, wv[t]);
       }
     };
     const int64_t full = K / S::kPer;
     for (int64_t s0 = 0; s0 < steps; s0 += S::kBlock) {
-      for (int t = 0; t < kTiles; ++t) {
+      for (int t = 0; t < kT; ++t) {
         const __m512 start = bias && s0 == 0 ? _mm512_loadu_ps(bias + kTile * t) : _mm512_setzero_ps();
         for (int m = 0; m < kM; ++m) acc[m][t] = start;
       }
       const int64_t s1 = std::min(s0 + S::kBlock, full);
       for (int64_t s = s0; s < s1; ++s) step(s, [&](const scalar_t* row) { return S::x(row, s); });
       if (s1 == full && full < steps) step(full, [&](const scalar_t* row) { return S::x_tail(row, K); });
-      for (int t = 0; t < kTiles; ++t) {
+      for (int t = 0; t < kT; ++t) {
         const int64_t n = std::min<int64_t>(kTile, cols - kTile * t);
         if (n <= 0) break;
         const __mmask16 mask = n == kTile ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
@@ -119,12 +130,125 @@ void tiles(const scalar_t* x, int64_t x_stride, int64_t K, const scalar_t* w, in
   }
 }
 
-template <typename scalar_t, int... kM>
+template <typename scalar_t, int kT, int... kM>
 void tiles_for_rows(int rows, std::integer_sequence<int, kM...>, const scalar_t* x, int64_t x_stride, int64_t K,
                     const scalar_t* w, int64_t steps, const float* bias, scalar_t* y, int64_t y_stride,
                     int64_t cols) {
-  ((rows == kM + 1 ? (tiles<scalar_t, kM + 1>(x, x_stride, K, w, steps, bias, y, y_stride, cols), 0) : 0), ...);
+  ((rows == kM + 1 ? (tiles<scalar_t, kM + 1, kT>(x, x_stride, K, w, steps, bias, y, y_stride, cols), 0) : 0),
+   ...);
 }
+
+// Rows [m0, m1) of x against kT tiles from column n0, kStep rows at a time.
+template <typename scalar_t, int kT, int kStep>
+void row_blocks(int64_t m0, int64_t m1, const scalar_t* x, int64_t x_stride, int64_t K, const scalar_t* w,
+                int64_t steps, const float* bias, scalar_t* y, int64_t N, int64_t n0) {
+  for (; m0 < m1; m0 += kStep)
+    tiles_for_rows<scalar_t, kT>(static_cast<int>(std::min<int64_t>(kStep, m1 - m0)),
+                                 std::make_integer_sequence<int, kStep>{}, x + m0 * x_stride, x_stride, K, w, steps,
+                                 bias ? bias + n0 : nullptr, y + m0 * N + n0, N, N - n0);
+}
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+// bf16 through AMX: the bf16 packing is already AMX's B-tile layout (16 steps of k pairs x 16 columns, 64-byte
+// rows), so tiles load straight from it. Linux gives a process AMX's tile state only once it asks.
+bool amx_permitted() {
+  static const bool permitted = [] {
+    constexpr int kRequestPermission = 0x1023, kTileData = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+  }();
+  return permitted;
+}
+
+constexpr int64_t kAmxK = 32;  // k per tile step: 16 pairs
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: sums (rows of x block 0 or 1) x (column tile 0 or 1); 4, 5: x blocks; 6, 7: weight tiles.
+TileConfig tile_config(int rows0, int rows1) {
+  TileConfig config;
+  auto set = [&](int tile, int rows) { config.rows[tile] = static_cast<uint8_t>(rows), config.colsb[tile] = 64; };
+  for (int tile : {0, 1, 4}) set(tile, rows0);
+  for (int tile : {6, 7}) set(tile, 16);
+  if (rows1)
+    for (int tile : {2, 3, 5}) set(tile, rows1);
+  return config;
+}
+
+// Sums of one or two blocks of up to 16 rows of x against the task's two column tiles, into sums [4][16][16]
+// (block-major, as the tiles are numbered).
+template <bool kTwoBlocks>
+void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t K, const at::BFloat16* w, int64_t steps, float* sums) {
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (kTwoBlocks) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  const int64_t x_bytes = x_stride * 2, w1 = steps * 2 * kTile;
+  for (int64_t k = 0; k < K; k += kAmxK) {
+    _tile_loadd(6, w + k * kTile, 64);
+    _tile_loadd(7, w + w1 + k * kTile, 64);
+    _tile_loadd(4, x + k, x_bytes);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (kTwoBlocks) {
+      _tile_loadd(5, x + kTile * x_stride + k, x_bytes);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, sums, 64);
+  _tile_stored(1, sums + 256, 64);
+  if constexpr (kTwoBlocks) {
+    _tile_stored(2, sums + 512, 64);
+    _tile_stored(3, sums + 768, 64);
+  }
+}
+
+// K a multiple of 32. Each row's sums run in the same order wherever the row sits in a tile.
+void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias, at::Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = y.size(1), steps = packed.size(1);
+  const int64_t task_cols = kTiles * kTile, task_weights = kTiles * steps * 2 * kTile, x_stride = x.stride(0);
+  const auto* xp = x.data_ptr<at::BFloat16>();
+  const auto* wp = packed.data_ptr<at::BFloat16>();
+  auto* yp = y.data_ptr<at::BFloat16>();
+  at::parallel_for(0, packed.size(0) / kTiles, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float sums[4 * kTile * kTile];
+    int loaded = -1;  // rows0 * 32 + rows1 of the loaded config
+    for (int64_t first = begin; first < end; first += kBlockTasks)
+    for (int64_t chunk = 0; chunk < M; chunk += kBlockRows)
+    for (int64_t task = first; task < std::min(end, first + kBlockTasks); ++task) {
+      const int64_t n0 = task * task_cols, cols = std::min(task_cols, N - n0);
+      const at::BFloat16* w = wp + task * task_weights;
+      for (int64_t m0 = chunk; m0 < std::min(M, chunk + kBlockRows); m0 += 2 * kTile) {
+        const int rows0 = static_cast<int>(std::min<int64_t>(kTile, M - m0));
+        const int rows1 = static_cast<int>(std::clamp<int64_t>(M - m0 - kTile, 0, kTile));
+        if (rows0 * 32 + rows1 != loaded) {
+          const TileConfig config = tile_config(rows0, rows1);
+          _tile_loadconfig(&config);
+          loaded = rows0 * 32 + rows1;
+        }
+        if (rows1) amx_sums<true>(xp + m0 * x_stride, x_stride, K, w, steps, sums);
+        else amx_sums<false>(xp + m0 * x_stride, x_stride, K, w, steps, sums);
+        for (int m = 0; m < rows0 + rows1; ++m)
+          for (int t = 0; t < kTiles; ++t) {
+            const int64_t n = std::min<int64_t>(kTile, cols - kTile * t);
+            if (n <= 0) break;
+            __m512 v = _mm512_loadu_ps(sums + ((m / kTile) * kTiles + t) * kTile * kTile + (m % kTile) * kTile);
+            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n0 + kTile * t));
+            const __mmask16 mask = n == kTile ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+            Step<at::BFloat16>::store(yp + (m0 + m) * N + n0 + kTile * t, mask, v, false);
+          }
+      }
+    }
+    if (loaded >= 0) _tile_release();
+  });
+}
+#endif
 
 template <typename scalar_t>
 void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at::Tensor& y) {
@@ -134,13 +258,23 @@ void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at
   const auto* wp = packed.data_ptr<scalar_t>();
   auto* yp = y.data_ptr<scalar_t>();
   at::parallel_for(0, packed.size(0) / kTiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n0 = task * task_cols;
-      for (int64_t m0 = 0; m0 < M; m0 += kRows)
-        tiles_for_rows<scalar_t>(static_cast<int>(std::min<int64_t>(kRows, M - m0)),
-                                 std::make_integer_sequence<int, kRows>{}, xp + m0 * x.stride(0), x.stride(0), K,
-                                 wp + task * task_weights, steps, bias ? bias + n0 : nullptr, yp + m0 * N + n0, N,
-                                 N - n0);
+    for (int64_t first = begin; first < end; first += kBlockTasks) {
+      const int64_t last = std::min(end, first + kBlockTasks);
+      for (int64_t m0 = 0; m0 < M; m0 += kBlockRows) {
+        const int64_t m1 = std::min(M, m0 + kBlockRows);
+        for (int64_t task = first; task < last;) {
+          const scalar_t* w = wp + task * task_weights;
+          const int64_t n0 = task * task_cols;
+          // fp32, more than 8 rows: two tasks at once, 6 rows x 4 tiles in registers, 10 loads feed 24 FMAs
+          if (std::is_same_v<scalar_t, float> && task + 1 < last && m1 - m0 > kRows) {
+            row_blocks<scalar_t, 2 * kTiles, 6>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0);
+            task += 2;
+          } else {
+            row_blocks<scalar_t, kTiles, kRows>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0);
+            task += 1;
+          }
+        }
+      }
     }
   });
 }
@@ -150,6 +284,15 @@ void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at
 }  // namespace
 
 namespace infermatrix {
+
+// Whether bf16 packed_linear runs on AMX tiles here (for K a multiple of 32): built for it and allowed by the OS.
+bool packed_linear_amx() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  return amx_permitted();
+#else
+  return false;
+#endif
+}
 
 // Whether this build runs packed_linear in the dtype ("float32" or "bfloat16").
 bool packed_linear_supports(const std::string& dtype) {
@@ -178,8 +321,17 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c1
   at::Tensor y = at::empty({x.size(0), N}, x.options());
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
 #if defined(__AVX512F__)
-  if (bf16) linear<at::BFloat16>(x, packed, bp, y);
-  else linear<float>(x, packed, bp, y);
+  if (bf16) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    if (x.size(1) % kAmxK == 0 && amx_permitted()) {
+      linear_amx(x, packed, bp, y);
+      return y;
+    }
+#endif
+    linear<at::BFloat16>(x, packed, bp, y);
+  } else {
+    linear<float>(x, packed, bp, y);
+  }
 #endif
   return y;
 }

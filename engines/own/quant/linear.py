@@ -78,9 +78,9 @@ class PackedLinear(nn.Module):
 
 
 class TilePackedLinear(nn.Module):
-    """Float weights packed in 16-row tiles for our C++ kernel (kernels/cpu_linear.cpp): at decode sizes it streams
-    the weights up to 1.5x (bf16) and 1.7x (fp32, one row) as fast as oneDNN's packed matmul here, at prefill sizes
-    it is level (bf16) or about 5% slower (fp32); fp32 sums in blocks of 64 k, closer to float64 than oneDNN or
+    """Float weights packed in 16-row tiles for our C++ kernel (kernels/cpu_linear.cpp; bf16 on AMX tiles where
+    the CPU has them): faster than oneDNN's packed matmul at decode sizes, level or a little slower at prefill
+    sizes (the kernel's header has the numbers); fp32 sums in blocks of 64 k, closer to float64 than oneDNN or
     MKL. Each row's sum runs in the same order whatever the batch."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -106,6 +106,13 @@ def cpu_linear_layout(dtype: torch.dtype) -> str:
     if cpu_kernels.packed_linear_available(dtype):
         return "cpp_tiles"
     return "onednn_packed" if onednn_packing_available() else "plain"
+
+
+def cpu_linear_instructions(dtype: torch.dtype) -> str:
+    """What our packed linear computes with here in `dtype` (the engine records it next to the layout)."""
+    if dtype == torch.bfloat16 and cpu_kernels.packed_linear_amx():
+        return "AMX-BF16 tiles (K a multiple of 32; else AVX512-BF16)"
+    return "AVX512-BF16" if dtype == torch.bfloat16 else "AVX-512 FMA"
 
 
 def cpu_packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int) -> tuple[nn.Module, str]:
