@@ -95,17 +95,19 @@ struct Step<at::BFloat16> {
 #endif
 
 #if defined(__AVX512F__)
-// y[m][16 t + j] for kM rows of x over the task's tiles; `steps` per tile; bias (fp32, padded) or null; writes
-// the first `cols` outputs (the last task may end past N).
+// y[m][16 t + j] for kM rows of x over kT tiles; `steps` per tile; bias (fp32, padded) or null; writes the first
+// `cols` outputs (the last task may end past N). Prefetches the `ahead` tiles that follow into L2 meanwhile.
 template <typename scalar_t, int kM, int kT>
 void tiles(const scalar_t* x, int64_t x_stride, int64_t K, const scalar_t* w, int64_t steps, const float* bias,
-           scalar_t* y, int64_t y_stride, int64_t cols) {
+           scalar_t* y, int64_t y_stride, int64_t cols, int64_t ahead) {
   if constexpr (supported<scalar_t>()) {
     using S = Step<scalar_t>;
     __m512 acc[kM][kT];
     auto step = [&](int64_t s, auto x_of_row) {
       typename S::Operand wv[kT];
       for (int t = 0; t < kT; ++t) wv[t] = S::weights(w + (t * steps + s) * S::kPer * kTile);
+      for (int64_t t = kT; t < kT + ahead; ++t)
+        _mm_prefetch(reinterpret_cast<const char*>(w + (t * steps + s) * S::kPer * kTile), _MM_HINT_T1);
       for (int m = 0; m < kM; ++m) {
         const auto xv = x_of_row(x + m * x_stride);
         for (int t = 0; t < kT; ++t) acc[m][t] = S::add(acc[m][t], xv, wv[t]);
@@ -133,19 +135,21 @@ void tiles(const scalar_t* x, int64_t x_stride, int64_t K, const scalar_t* w, in
 template <typename scalar_t, int kT, int... kM>
 void tiles_for_rows(int rows, std::integer_sequence<int, kM...>, const scalar_t* x, int64_t x_stride, int64_t K,
                     const scalar_t* w, int64_t steps, const float* bias, scalar_t* y, int64_t y_stride,
-                    int64_t cols) {
-  ((rows == kM + 1 ? (tiles<scalar_t, kM + 1, kT>(x, x_stride, K, w, steps, bias, y, y_stride, cols), 0) : 0),
+                    int64_t cols, int64_t ahead) {
+  ((rows == kM + 1 ? (tiles<scalar_t, kM + 1, kT>(x, x_stride, K, w, steps, bias, y, y_stride, cols, ahead), 0)
+                   : 0),
    ...);
 }
 
-// Rows [m0, m1) of x against kT tiles from column n0, kStep rows at a time.
+// Rows [m0, m1) of x against kT tiles from column n0, kStep rows at a time; the first rows of x (weights still in
+// memory) prefetch the `ahead` tiles that follow.
 template <typename scalar_t, int kT, int kStep>
 void row_blocks(int64_t m0, int64_t m1, const scalar_t* x, int64_t x_stride, int64_t K, const scalar_t* w,
-                int64_t steps, const float* bias, scalar_t* y, int64_t N, int64_t n0) {
+                int64_t steps, const float* bias, scalar_t* y, int64_t N, int64_t n0, int64_t ahead) {
   for (; m0 < m1; m0 += kStep)
     tiles_for_rows<scalar_t, kT>(static_cast<int>(std::min<int64_t>(kStep, m1 - m0)),
                                  std::make_integer_sequence<int, kStep>{}, x + m0 * x_stride, x_stride, K, w, steps,
-                                 bias ? bias + n0 : nullptr, y + m0 * N + n0, N, N - n0);
+                                 bias ? bias + n0 : nullptr, y + m0 * N + n0, N, N - n0, m0 == 0 ? ahead : 0);
 }
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
@@ -180,8 +184,10 @@ TileConfig tile_config(int rows0, int rows1) {
 
 // Sums of one or two blocks of up to 16 rows of x against the task's two column tiles, into sums [4][16][16]
 // (block-major, as the tiles are numbered).
+// `next`: the next task's weights to prefetch into L2 meanwhile, or null.
 template <bool kTwoBlocks>
-void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t K, const at::BFloat16* w, int64_t steps, float* sums) {
+void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t K, const at::BFloat16* w, int64_t steps,
+              const at::BFloat16* next, float* sums) {
   _tile_zero(0);
   _tile_zero(1);
   if constexpr (kTwoBlocks) {
@@ -190,6 +196,11 @@ void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t K, const at::BFlo
   }
   const int64_t x_bytes = x_stride * 2, w1 = steps * 2 * kTile;
   for (int64_t k = 0; k < K; k += kAmxK) {
+    if (next)
+      for (int64_t line = 0; line < 16 * 32; line += 32) {  // 16 rows of 64 bytes per weight tile
+        _mm_prefetch(reinterpret_cast<const char*>(next + k * kTile + line), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(next + w1 + k * kTile + line), _MM_HINT_T1);
+      }
     _tile_loadd(6, w + k * kTile, 64);
     _tile_loadd(7, w + w1 + k * kTile, 64);
     _tile_loadd(4, x + k, x_bytes);
@@ -232,8 +243,9 @@ void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias
           _tile_loadconfig(&config);
           loaded = rows0 * 32 + rows1;
         }
-        if (rows1) amx_sums<true>(xp + m0 * x_stride, x_stride, K, w, steps, sums);
-        else amx_sums<false>(xp + m0 * x_stride, x_stride, K, w, steps, sums);
+        const at::BFloat16* next = m0 == 0 && task + 1 < end ? w + task_weights : nullptr;
+        if (rows1) amx_sums<true>(xp + m0 * x_stride, x_stride, K, w, steps, next, sums);
+        else amx_sums<false>(xp + m0 * x_stride, x_stride, K, w, steps, next, sums);
         for (int m = 0; m < rows0 + rows1; ++m)
           for (int t = 0; t < kTiles; ++t) {
             const int64_t n = std::min<int64_t>(kTile, cols - kTile * t);
@@ -266,13 +278,11 @@ void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at
           const scalar_t* w = wp + task * task_weights;
           const int64_t n0 = task * task_cols;
           // fp32, more than 8 rows: two tasks at once, 6 rows x 4 tiles in registers, 10 loads feed 24 FMAs
-          if (std::is_same_v<scalar_t, float> && task + 1 < last && m1 - m0 > kRows) {
-            row_blocks<scalar_t, 2 * kTiles, 6>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0);
-            task += 2;
-          } else {
-            row_blocks<scalar_t, kTiles, kRows>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0);
-            task += 1;
-          }
+          const bool pair = std::is_same_v<scalar_t, float> && task + 1 < last && m1 - m0 > kRows;
+          const int64_t after = task + (pair ? 2 : 1), ahead = std::min(after - task, end - after) * kTiles;
+          if (pair) row_blocks<scalar_t, 2 * kTiles, 6>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0, ahead);
+          else row_blocks<scalar_t, kTiles, kRows>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0, ahead);
+          task = after;
         }
       }
     }
