@@ -27,7 +27,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 class TorchLayerOps:
     """A decoder layer's elementwise work, and the LM head, in torch ops (any device). The C++ extension of the
-    CPU (kernels/cpu_kernels.py) offers the same four functions, one call each, rounding the same way."""
+    CPU (kernels/cpu_kernels.py) offers the same functions, one call each, rounding the same way."""
 
     @staticmethod
     def add_rms_norm(
@@ -47,6 +47,11 @@ class TorchLayerOps:
         return F.silu(gate) * up
 
     lm_head = staticmethod(F.linear)  # hidden rows [M, K] x weight [vocab, K] -> [M, vocab]
+
+    @staticmethod
+    def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+        """Each row's greedy token (int64 [N]): the first of equal maxima, a NaN before any number."""
+        return logits.argmax(dim=-1)
 
 
 class DecoderLayer(nn.Module):

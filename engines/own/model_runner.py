@@ -86,7 +86,8 @@ class ModelRunner:
         if not sampling:
             return [], []
         logits = self.model.logits(hidden[torch.tensor(sample_rows, device=self.device)])
-        ids = sample(logits, [s.sampling for s in sampling], [s.generator for s in sampling])
+        params, generators = [s.sampling for s in sampling], [s.generator for s in sampling]
+        ids = sample(logits, params, generators, self.model.ops.argmax_rows)
         return sampling, ids.tolist()
 
     @torch.inference_mode()

@@ -5,6 +5,8 @@ Everything stays on the device; the caller fetches the chosen ids with one host 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from engines.base import SamplingParams
@@ -30,10 +32,14 @@ def top_p_mask(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 def sample(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    argmax_rows: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits.argmax(dim=-1),
 ) -> torch.Tensor:
-    """Chosen token ids `[N]` (int64, on the logits' device) for float32 logits `[N, vocab]`."""
-    greedy = logits.argmax(dim=-1)
+    """Chosen token ids `[N]` (int64, on the logits' device) for float32 logits `[N, vocab]`; `argmax_rows`
+    gives the greedy ones (the model's ops: on the CPU our kernel)."""
+    greedy = argmax_rows(logits)
     sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
     if not sampled_rows:
         return greedy

@@ -200,6 +200,21 @@ def test_lm_head_on_all_threads_equals_torch_linear_bit_for_bit(rows, vocab, dty
     torch.testing.assert_close(out, TorchLayerOps.lm_head(hidden, weight), rtol=0, atol=0)
 
 
+def test_argmax_rows_picks_what_torch_argmax_picks_ties_nan_and_infinities_included():
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(9, 49152, generator=gen)
+    logits[1, [7, 40_000]] = 50.0  # a tie: the first wins
+    logits[2, [30, 9]] = float("nan")  # a NaN beats every number; the first NaN wins
+    logits[3] = float("-inf")  # all -inf: index 0
+    logits[4, 49151] = float("inf")
+    logits[5, 0] = 60.0
+    rows = logits[:, :1001]  # a strided view of rows with an odd width
+    for x in (logits, rows, logits[6:7]):
+        torch.testing.assert_close(cpu_kernels.extension().argmax_rows(x), TorchLayerOps.argmax_rows(x), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="float32 rows"):
+        cpu_kernels.extension().argmax_rows(logits.bfloat16())
+
+
 def test_the_layer_ops_refuse_what_they_cannot_read():
     ext = cpu_kernels.extension()
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):

@@ -17,6 +17,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const c10::
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin_signed);
 at::Tensor silu_mul(const at::Tensor& gate_up);
 at::Tensor lm_head(const at::Tensor& x, const at::Tensor& weight);
+at::Tensor argmax_rows(const at::Tensor& logits);
 bool packed_linear_supports(const std::string& dtype);
 bool packed_linear_amx();
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
@@ -30,6 +31,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope", &infermatrix::rope, "rotate-half RoPE over q|k heads");
   m.def("silu_mul", &infermatrix::silu_mul, "silu(gate) * up over the fused gate|up rows");
   m.def("lm_head", &infermatrix::lm_head, "torch's linear over row chunks of the weight, one per thread");
+  m.def("argmax_rows", &infermatrix::argmax_rows, "each float32 row's first maximum (a NaN first), as torch.argmax");
   m.def("packed_linear_supports", &infermatrix::packed_linear_supports, "whether packed_linear runs in a dtype here");
   m.def("packed_linear_amx", &infermatrix::packed_linear_amx, "whether bf16 packed_linear runs on AMX tiles here");
   m.def("packed_linear", &infermatrix::packed_linear, "x @ W^T (+ b) over weights packed in 16-row tiles");

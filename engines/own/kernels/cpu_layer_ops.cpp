@@ -1,5 +1,6 @@
 // Per-layer elementwise work of a decoder layer for the CPU, one call each instead of 4-8 torch ops:
-// residual add + RMSNorm, rotate-half RoPE over q|k, and SwiGLU's silu(gate) * up; and the LM head on all threads. Rounding follows the torch reference in
+// residual add + RMSNorm, rotate-half RoPE over q|k, and SwiGLU's silu(gate) * up; and the LM head on all threads
+// and the greedy choice over its rows. Rounding follows the torch reference in
 // engines/own/model.py step by step (float32 math, rounded to the model dtype where torch rounds), and no
 // multiply-add is fused into one rounding here (the pragma below; the attention kernels keep their FMAs).
 #include <torch/extension.h>
@@ -10,6 +11,9 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #pragma GCC optimize("fp-contract=off")
 
@@ -146,6 +150,54 @@ at::Tensor lm_head(const at::Tensor& x, const at::Tensor& weight) {
       const int64_t first = c * step, count = std::min(step, rows - first);
       if (count > 0) out.narrow(1, first, count).copy_(at::linear(x, weight.narrow(0, first, count)));
     }
+  });
+  return out;
+}
+
+// Each row's greedy token as torch.argmax gives it (the first of equal maxima; the first NaN if any), one row
+// per task: the max in one pass, then the first index holding it. torch's took 1.1 ms for 32 x 49152 logits here.
+static int64_t argmax_row(const float* x, int64_t n) {
+  float best = -INFINITY;
+  bool nan = false;
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  __mmask16 unordered = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    m = _mm512_max_ps(m, v);
+    unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  best = _mm512_reduce_max_ps(m);
+  nan = unordered != 0;
+#endif
+  for (; i < n; ++i) {
+    best = std::max(best, x[i]);
+    nan = nan || std::isnan(x[i]);
+  }
+  i = 0;
+#if defined(__AVX512F__)
+  const __m512 target = _mm512_set1_ps(best);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 hit = nan ? _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) : _mm512_cmp_ps_mask(v, target, _CMP_EQ_OQ);
+    if (hit) return i + __builtin_ctz(hit);
+  }
+#endif
+  for (; i < n; ++i)
+    if (nan ? std::isnan(x[i]) : x[i] == best) return i;
+  return 0;
+}
+
+at::Tensor argmax_rows(const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.stride(1) == 1 && logits.size(1) > 0,
+              "argmax_rows takes float32 rows [N, V], V >= 1");
+  const int64_t n = logits.size(1), stride = logits.stride(0);
+  const float* p = logits.data_ptr<float>();
+  at::Tensor out = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
+  int64_t* chosen = out.data_ptr<int64_t>();
+  at::parallel_for(0, logits.size(0), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) chosen[r] = argmax_row(p + r * stride, n);
   });
   return out;
 }
