@@ -50,8 +50,8 @@ def own_run(smollm2_dir, prompts, monkeypatch_module):
     recorded: dict[int, torch.Tensor] = {}
     real_sample = model_runner.sample
 
-    def recording_sample(logits, params, generators):
-        ids = real_sample(logits, params, generators)
+    def recording_sample(logits, params, generators, *argmax_rows):
+        ids = real_sample(logits, params, generators, *argmax_rows)
         for row, p in enumerate(params):
             recorded[id(p)] = logits[row].clone()  # the latest step of each request wins
         return ids
