@@ -28,9 +28,12 @@ shopt -u nullglob
 if [ "${#matches[@]}" -eq 0 ]; then
     echo "install.sh: building llama-cpp-python==$VERSION (about 15 minutes on 2 cores)..." >&2
     start=$(date +%s)
-    CMAKE_ARGS="${LLAMACPP_CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
+    # no AMX code (explicit -mno-* win over -march=native): 0.3.36's native build segfaulted in llama_decode on a
+    # Xeon with AMX (tests/peers/test_llamacpp.py, 2026-12-01)
+    no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_ARGS="${LLAMACPP_CMAKE_ARGS:--DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx' -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
     CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-        "$PYTHON" -m pip wheel --no-deps --wheel-dir "$CACHE" "llama-cpp-python==$VERSION"
+        "$PYTHON" -m pip wheel --no-deps --no-cache-dir --wheel-dir "$CACHE" "llama-cpp-python==$VERSION"
     echo "install.sh: built in $(( $(date +%s) - start )) s: $(ls -l "$CACHE"/llama_cpp_python-"$VERSION"-*.whl)" >&2
 else
     echo "install.sh: using cached ${matches[0]}" >&2
