@@ -80,7 +80,7 @@ def test_a_new_row_with_slot_minus_one_is_not_stored():
 @pytest.mark.parametrize(
     "heads, kv_heads, dim, block_size, lengths, q_lens, dtype",
     [
-        (9, 3, 64, 16, [5, 150, 17, 70], [5, 130, 1, 70], torch.float32),  # tiles of 32 rows, chunks of 64 keys
+        (9, 3, 64, 16, [5, 150, 17, 70], [5, 130, 1, 70], torch.float32),  # tasks of 64 positions, chunks of 64 keys
         (9, 3, 64, 16, [5, 150, 17, 70], [5, 130, 1, 70], torch.bfloat16),
         (8, 2, 128, 8, [40, 4], [33, 4], torch.bfloat16),  # head_dim 128, a group of 4
         (4, 2, 32, 8, [45, 9], [40, 2], torch.float32),  # a head size the kernel does not specialise
