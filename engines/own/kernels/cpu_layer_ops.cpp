@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
+#include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -24,6 +26,23 @@ inline float widen(at::BFloat16 x) { return __builtin_bit_cast(float, static_cas
 // float -> model dtype -> float: the value torch keeps after an op in that dtype
 inline float round_to(float x, float) { return x; }
 inline float round_to(float x, at::BFloat16) { return widen(static_cast<at::BFloat16>(x)); }
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 widen16(__m256i bf16) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16)); }
+inline __m512 load16(const at::BFloat16* p) { return widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+// float -> bf16, round to nearest even in integer ops as ATen's vector conversion (denormals kept, where
+// vcvtneps2bf16 would flush them; a NaN becomes 0xffff)
+inline __m256i to_bf16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), _mm512_set1_epi32(0xffff),
+                                                       rounded));
+}
+// libtorch_cpu's vectorized exp (1 ulp), the one ATen's AVX-512 `Vectorized<float>::exp` calls.
+extern "C" __m512 Sleef_expf16_u10(__m512);
+#endif
 
 constexpr int64_t kRowsPerTask = 16;
 
@@ -71,6 +90,37 @@ void rope_impl(const scalar_t* x, int64_t token_stride, const scalar_t* cos, con
           const float rotated = round_to(widen(xh[i < half ? i + half : i - half]) * widen(s[i]), scalar_t{});
           oh[i] = static_cast<scalar_t>(direct + rotated);
         }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void silu_mul_impl(const scalar_t* in, scalar_t* o, int64_t rows, int64_t width) {
+  constexpr int64_t kPair = std::is_same_v<scalar_t, float> ? 32 : 64;
+  const int64_t vector_end = width - width % kPair;
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* gate = in + r * 2 * width;
+      const scalar_t* up = gate + width;
+      scalar_t* dst = o + r * width;
+      int64_t i = 0;
+#if defined(__AVX512F__)
+      const __m512 one = _mm512_set1_ps(1.f), sign = _mm512_set1_ps(-0.f);
+      for (; i < vector_end; i += 16) {
+        const __m512 g = load16(gate + i);
+        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, Sleef_expf16_u10(_mm512_xor_ps(g, sign))));
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          _mm512_storeu_ps(dst + i, _mm512_mul_ps(silu, _mm512_loadu_ps(up + i)));
+        } else {
+          const __m512 product = _mm512_mul_ps(widen16(to_bf16(silu)), load16(up + i));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), to_bf16(product));
+        }
+      }
+#endif
+      for (; i < width; ++i) {
+        const float g = widen(gate[i]);
+        dst[i] = static_cast<scalar_t>(round_to(g / (1.f + std::exp(-g)), scalar_t{}) * widen(up[i]));
       }
     }
   });
@@ -126,12 +176,22 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor&
   return out;
 }
 
-// silu(gate) * up for gate_up [..., 2I] (the fused projection's two halves): torch's silu and multiply,
-// called from here to save the Python dispatches of a chunk, a silu and a multiply.
-at::Tensor silu_mul(const at::Tensor& gate_up) {
-  const int64_t width = gate_up.size(-1) / 2;
-  at::Tensor out = at::silu(gate_up.narrow(-1, 0, width));
-  return out.mul_(gate_up.narrow(-1, width, width));
+// silu(gate) * up for gate_up [..., 2I] (the fused projection's two halves) in one pass, with torch's bits: its
+// silu computes g / (1 + exp(-g)) in float32 (ATen's vector exp over whole pairs of vectors, 32 floats or 64 bf16
+// per row; std::exp on the rest), rounds to the dtype, and the multiply rounds once more. Two torch ops (a silu
+// and an in-place multiply) read and wrote the [M, I] intermediate twice.
+at::Tensor silu_mul(const at::Tensor& gate_up_in) {
+  check_float(gate_up_in, "gate_up");
+  const at::Tensor gate_up = gate_up_in.contiguous();
+  const int64_t width = gate_up.size(-1) / 2, rows = width ? gate_up.numel() / (2 * width) : 0;
+  std::vector<int64_t> shape = gate_up.sizes().vec();
+  shape.back() = width;
+  at::Tensor out = at::empty(shape, gate_up.options());
+  if (gate_up.scalar_type() == at::kFloat)
+    silu_mul_impl(gate_up.data_ptr<float>(), out.data_ptr<float>(), rows, width);
+  else
+    silu_mul_impl(gate_up.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(), rows, width);
+  return out;
 }
 
 // The LM head, x [M, K] @ W [N, K]^T, as torch's linear over row chunks of W, one chunk per thread. MKL ran
