@@ -6,7 +6,7 @@
 // error over SmolLM2's shapes 1.6-2.3e-7 against float64, where oneDNN's packed matmul gave 6.8-9.6e-7 and
 // F.linear (MKL) 2.7-4.0e-7 (one sum over all k: 7.6e-7-1.2e-6). bf16 packing is AMX's B-tile layout as it
 // stands: where the CPU has AMX-BF16 (and K is a multiple of 32) the sums run on tiles, 32 rows x 2 tiles at once.
-// A thread sweeps its tasks in blocks of 8, each over x in chunks of 256 rows, so both stay in L2.
+// A thread sweeps its tasks in blocks of 8, each over x in chunks of 256 rows (`sweep`), so both stay in L2.
 // Measured, SmolLM2's four layer shapes, 2 threads, weights warm (GFLOP/s, ours / oneDNN's packed matmul):
 // AVX-512 only (an AMD EPYC, earlier): bf16 374-422 / 361-416 at 2048 rows, fp32 193-206 / 209-219; decode
 // step's 121 linears at 32 rows bf16 26.1-30.9 ms / 29.9-33.0, fp32 50.5-58.4 / 56.2-65.4. With AMX (a Xeon,
@@ -40,6 +40,15 @@ constexpr int kTiles = 2;      // tiles per task
 constexpr int kRows = 8;       // rows of x per pass over a task's tiles
 // a thread sweeps its tasks in blocks, each block over x in chunks of rows: both stay in L2 meanwhile
 constexpr int64_t kBlockTasks = 8, kBlockRows = 256;
+
+// fn(first, last, m0, m1) for the tasks [begin, end) in blocks [first, last) of kBlockTasks, each block over
+// the rows of x in chunks [m0, m1) of kBlockRows.
+template <typename Fn>
+void sweep(int64_t begin, int64_t end, int64_t M, Fn fn) {
+  for (int64_t first = begin; first < end; first += kBlockTasks)
+    for (int64_t m0 = 0; m0 < M; m0 += kBlockRows) fn(first, std::min(end, first + kBlockTasks), m0,
+                                                        std::min(M, m0 + kBlockRows));
+}
 
 template <typename scalar_t>
 constexpr bool supported() {
@@ -230,33 +239,33 @@ void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias
   at::parallel_for(0, packed.size(0) / kTiles, 1, [&](int64_t begin, int64_t end) {
     alignas(64) float sums[4 * kTile * kTile];
     int loaded = -1;  // rows0 * 32 + rows1 of the loaded config
-    for (int64_t first = begin; first < end; first += kBlockTasks)
-    for (int64_t chunk = 0; chunk < M; chunk += kBlockRows)
-    for (int64_t task = first; task < std::min(end, first + kBlockTasks); ++task) {
-      const int64_t n0 = task * task_cols, cols = std::min(task_cols, N - n0);
-      const at::BFloat16* w = wp + task * task_weights;
-      for (int64_t m0 = chunk; m0 < std::min(M, chunk + kBlockRows); m0 += 2 * kTile) {
-        const int rows0 = static_cast<int>(std::min<int64_t>(kTile, M - m0));
-        const int rows1 = static_cast<int>(std::clamp<int64_t>(M - m0 - kTile, 0, kTile));
-        if (rows0 * 32 + rows1 != loaded) {
-          const TileConfig config = tile_config(rows0, rows1);
-          _tile_loadconfig(&config);
-          loaded = rows0 * 32 + rows1;
-        }
-        const at::BFloat16* next = m0 == 0 && task + 1 < end ? w + task_weights : nullptr;
-        if (rows1) amx_sums<true>(xp + m0 * x_stride, x_stride, K, w, steps, next, sums);
-        else amx_sums<false>(xp + m0 * x_stride, x_stride, K, w, steps, next, sums);
-        for (int m = 0; m < rows0 + rows1; ++m)
-          for (int t = 0; t < kTiles; ++t) {
-            const int64_t n = std::min<int64_t>(kTile, cols - kTile * t);
-            if (n <= 0) break;
-            __m512 v = _mm512_loadu_ps(sums + ((m / kTile) * kTiles + t) * kTile * kTile + (m % kTile) * kTile);
-            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n0 + kTile * t));
-            const __mmask16 mask = n == kTile ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-            Step<at::BFloat16>::store(yp + (m0 + m) * N + n0 + kTile * t, mask, v, false);
+    sweep(begin, end, M, [&](int64_t first, int64_t last, int64_t chunk, int64_t chunk_end) {
+      for (int64_t task = first; task < last; ++task) {
+        const int64_t n0 = task * task_cols, cols = std::min(task_cols, N - n0);
+        const at::BFloat16* w = wp + task * task_weights;
+        for (int64_t m0 = chunk; m0 < chunk_end; m0 += 2 * kTile) {
+          const int rows0 = static_cast<int>(std::min<int64_t>(kTile, M - m0));
+          const int rows1 = static_cast<int>(std::clamp<int64_t>(M - m0 - kTile, 0, kTile));
+          if (rows0 * 32 + rows1 != loaded) {
+            const TileConfig config = tile_config(rows0, rows1);
+            _tile_loadconfig(&config);
+            loaded = rows0 * 32 + rows1;
           }
+          const at::BFloat16* next = m0 == 0 && task + 1 < end ? w + task_weights : nullptr;
+          if (rows1) amx_sums<true>(xp + m0 * x_stride, x_stride, K, w, steps, next, sums);
+          else amx_sums<false>(xp + m0 * x_stride, x_stride, K, w, steps, next, sums);
+          for (int m = 0; m < rows0 + rows1; ++m)
+            for (int t = 0; t < kTiles; ++t) {
+              const int64_t n = std::min<int64_t>(kTile, cols - kTile * t);
+              if (n <= 0) break;
+              __m512 v = _mm512_loadu_ps(sums + ((m / kTile) * kTiles + t) * kTile * kTile + (m % kTile) * kTile);
+              if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n0 + kTile * t));
+              const __mmask16 mask = n == kTile ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+              Step<at::BFloat16>::store(yp + (m0 + m) * N + n0 + kTile * t, mask, v, false);
+            }
+        }
       }
-    }
+    });
     if (loaded >= 0) _tile_release();
   });
 }
@@ -270,22 +279,18 @@ void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at
   const auto* wp = packed.data_ptr<scalar_t>();
   auto* yp = y.data_ptr<scalar_t>();
   at::parallel_for(0, packed.size(0) / kTiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t first = begin; first < end; first += kBlockTasks) {
-      const int64_t last = std::min(end, first + kBlockTasks);
-      for (int64_t m0 = 0; m0 < M; m0 += kBlockRows) {
-        const int64_t m1 = std::min(M, m0 + kBlockRows);
-        for (int64_t task = first; task < last;) {
-          const scalar_t* w = wp + task * task_weights;
-          const int64_t n0 = task * task_cols;
-          // fp32, more than 8 rows: two tasks at once, 6 rows x 4 tiles in registers, 10 loads feed 24 FMAs
-          const bool pair = std::is_same_v<scalar_t, float> && task + 1 < last && m1 - m0 > kRows;
-          const int64_t after = task + (pair ? 2 : 1), ahead = std::min(after - task, end - after) * kTiles;
-          if (pair) row_blocks<scalar_t, 2 * kTiles, 6>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0, ahead);
-          else row_blocks<scalar_t, kTiles, kRows>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0, ahead);
-          task = after;
-        }
+    sweep(begin, end, M, [&](int64_t first, int64_t last, int64_t m0, int64_t m1) {
+      for (int64_t task = first; task < last;) {
+        const scalar_t* w = wp + task * task_weights;
+        const int64_t n0 = task * task_cols;
+        // fp32, more than 8 rows: two tasks at once, 6 rows x 4 tiles in registers, 10 loads feed 24 FMAs
+        const bool pair = std::is_same_v<scalar_t, float> && task + 1 < last && m1 - m0 > kRows;
+        const int64_t after = task + (pair ? 2 : 1), ahead = std::min(after - task, end - after) * kTiles;
+        if (pair) row_blocks<scalar_t, 2 * kTiles, 6>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0, ahead);
+        else row_blocks<scalar_t, kTiles, kRows>(m0, m1, xp, x.stride(0), K, w, steps, bias, yp, N, n0, ahead);
+        task = after;
       }
-    }
+    });
   });
 }
 
