@@ -47,6 +47,9 @@ class StepCounters:
     peak_running: int = 0
     allocated_block_steps: int = 0  # sum over steps of blocks held: time-weighted KV allocation
     real_token_steps: int = 0  # sum over steps of tokens with KV: time-weighted useful KV
+    prefill_steps: int = 0  # steps that carried prompt tokens (with or without decodes beside them)
+    prefill_step_s: float = 0.0  # wall time of those steps, schedule to sampled tokens
+    decode_step_s: float = 0.0  # wall time of the steps that only decoded
 
 
 class LLMEngine:
@@ -104,12 +107,18 @@ class LLMEngine:
     def step(self) -> list[Sequence]:
         """One engine iteration; returns the sequences that finished in it."""
         finished, self.rejected = self.rejected, []
+        start = now()
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return finished + self._fail_unschedulable()
         self._count(batch)
         sampled, new_tokens = self._run(batch)
         stamp = now()  # the sampled ids are on the host now: tokens of one step are one event
+        if any(n > 1 for n in batch.num_new_tokens):
+            self.counters.prefill_steps += 1
+            self.counters.prefill_step_s += stamp - start
+        else:
+            self.counters.decode_step_s += stamp - start
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += num_new
         for seq, tokens in zip(sampled, new_tokens):
@@ -257,6 +266,9 @@ class LLMEngine:
             "steps": c.steps,
             "prefill_tokens": c.prefill_tokens,
             "decode_tokens": c.decode_tokens,
+            "prefill_steps": c.prefill_steps,  # where the time went: steps with prompt tokens vs decode-only
+            "prefill_step_seconds": c.prefill_step_s,
+            "decode_step_seconds": c.decode_step_s,
             "generated_tokens": c.generated_tokens,
             "preemptions": self.scheduler.total_preemptions,
             "peak_running_seqs": c.peak_running,

@@ -3,6 +3,8 @@ seeded sampling, stats, and the model families (Llama 3 rope scaling, Qwen2 bias
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -186,6 +188,18 @@ def test_a_seed_fixes_sampled_tokens_whatever_else_is_in_the_batch():
 
 def _fields(params: SamplingParams) -> dict:
     return {name: getattr(params, name) for name in SamplingParams.__slots__}
+
+
+def test_stats_split_step_time_between_steps_with_prompt_tokens_and_decode_only_steps():
+    engine = tiny_engine(max_num_batched_tokens=16)
+    start = time.perf_counter()
+    greedy(engine, [list(range(5, 45)), [8, 9]])
+    wall = time.perf_counter() - start
+    stats = engine.stats()
+    assert stats["prefill_steps"] >= 3  # 40 prompt tokens in chunks of at most 16
+    assert stats["steps"] > stats["prefill_steps"]  # then decode-only steps
+    assert stats["prefill_step_seconds"] > 0 and stats["decode_step_seconds"] > 0
+    assert stats["prefill_step_seconds"] + stats["decode_step_seconds"] <= wall
 
 
 def test_stats_mark_random_weights_and_account_kv_memory():
