@@ -125,7 +125,8 @@ def test_a_terminated_launcher_cancels_its_jobs_and_a_rerun_completes_the_sweep(
     out = (tmp_path / "launcher.out").read_text()
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert f"launcher stopped by SIGTERM: cancelled SLURM job(s) {array}" in out and "Traceback" not in out
-    wait_for(lambda: finished(array), 120, "the cancelled jobs to leave the queue")
+    # each task by itself: accounting may hold one task's record before the other's
+    wait_for(lambda: all(finished(f"{array}_{i}") for i in (0, 1)), 120, "both cancelled tasks to leave the queue")
     assert {sacct_states(f"{array}_{i}")[-1] for i in (0, 1)} == {"CANCELLED"}
 
     rerun = launcher_sweep(tmp_path, *sweep, out="rerun.out")
