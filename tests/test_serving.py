@@ -181,13 +181,13 @@ def test_serve_gives_the_greedy_tokens_of_generate(smollm2_engine):
 def test_requests_arrive_spread_out_as_scheduled():
     engine = tiny_own()
     submitted = {}
-    enqueue = engine.llm._enqueue
+    enqueue = engine.llm.enqueue
 
     def recording(request, error, index):  # when each request really reached the engine
         submitted[request.request_id] = time.perf_counter()
         return enqueue(request, error, index)
 
-    engine.llm._enqueue = recording
+    engine.llm.enqueue = recording
     offsets = [0.0, 0.15, 0.3, 0.45, 0.6]
     start = time.perf_counter()
     outs = engine.serve(reqs(5, max_tokens=3), Arrivals(offsets))

@@ -1,13 +1,10 @@
 """The engine loop: `add_request`, then `step()` = schedule -> run model -> postprocess, until done.
 
-`generate` is the offline (LLM-style) entry over token-id prompts.
+`generate` is the offline (LLM-style) entry over token-id prompts; `serve` the online one (engines/own/online.py).
 """
 
 from __future__ import annotations
 
-import heapq
-import time
-from collections import deque
 from collections.abc import Callable, Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +15,7 @@ from engines.base import Request, RequestOutput, SamplingParams, now
 from engines.own.block_manager import BlockManager
 from engines.own.contiguous_allocator import ContiguousAllocator
 from engines.own.model_runner import ModelRunner
+from engines.own.online import ServeCounters, serve
 from engines.own.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from engines.own.sequence import Sequence, Status
 from engines.own.speculative.runner import SpecRunner
@@ -63,9 +61,7 @@ class LLMEngine:
             self.kv = BlockManager(config.num_blocks, config.block_size, config.prefix_cache)
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.counters = StepCounters()
-        # serve(): requests in flight at most, and how long due requests waited for a step to end
-        self.serve_counters: dict[str, float] = {"peak_in_flight": 0, "submitted": 0, "lag_sum_s": 0.0,
-                                                 "max_lag_s": 0.0}  # fmt: skip
+        self.serve_counters = ServeCounters()
         self.rejected: list[Sequence] = []
         # contiguous regions cap what one sequence may hold; paged may use the whole pool
         region = self.kv.blocks_needed(1) if config.kv_cache == "contiguous" else config.num_blocks
@@ -73,12 +69,13 @@ class LLMEngine:
 
     def add_request(self, request: Request) -> Sequence:
         """Queue one request. A bad one comes back already finished with its error (the next step reports it)."""
-        return self._enqueue(request, self.request_error(request), 0)
+        return self.enqueue(request, self.request_error(request), 0)
 
     def request_error(self, request: Any) -> str | None:
         return request_error(request, self.config.vocab_size, self.config.max_model_len, self.max_kv_tokens)
 
-    def _enqueue(self, request: Any, error: str | None, index: int) -> Sequence:
+    def enqueue(self, request: Any, error: str | None, index: int) -> Sequence:
+        """Queue a request already checked (`error` from `request_error`); `index` names one without an id."""
         if error is not None:
             seq = Sequence(output_id(request, index), [], prompt_len(request), SamplingParams(), now())
             seq.finish("error", error)
@@ -184,7 +181,7 @@ class LLMEngine:
         queued, and a call that fails part way leaves the engine idle, so nothing leaks into the next call."""
         errors = [self.request_error(r) for r in requests]
         try:
-            seqs = [self._enqueue(r, error, i) for i, (r, error) in enumerate(zip(requests, errors))]
+            seqs = [self.enqueue(r, error, i) for i, (r, error) in enumerate(zip(requests, errors))]
             while self.has_unfinished():
                 done = self.step()
                 if progress is not None and done:
@@ -201,54 +198,8 @@ class LLMEngine:
         max_concurrency: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[RequestOutput]:
-        """Online serving: request i is due `offsets_s[i]` seconds after the call starts and is added to
-        the engine once it is due and one of `max_concurrency` slots is free; between arrivals the engine
-        steps, and with nothing to run it sleeps until the next arrival. Each step's new tokens share
-        the step's timestamp. `arrival_time` is when the request was submitted from the client's side:
-        its due time, or the moment a slot freed if it waited for one. A request that came due while a
-        step ran joins the engine after that step, and that wait counts in its TTFT (a server's queue).
-        Every request is validated before any runs; a bad one fails alone."""
-        errors = [self.request_error(r) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: offsets_s[i])
-        pending = deque(order)
-        seqs: list[Sequence | None] = [None] * len(requests)
-        limit = max_concurrency or len(requests) or 1
-        start = now()
-        free_slots = [start] * limit  # a min-heap of when each free slot became free
-        in_flight = 0
-        lags: list[float] = []
-        try:
-            while pending or self.has_unfinished():
-                while pending and in_flight < limit and now() >= start + offsets_s[pending[0]]:
-                    i = pending.popleft()
-                    arrival = max(start + offsets_s[i], heapq.heappop(free_slots))
-                    seq = seqs[i] = self._enqueue(requests[i], errors[i], i)
-                    lags.append(seq.arrival_time - arrival)
-                    seq.arrival_time = arrival
-                    in_flight += 1
-                    self.serve_counters["peak_in_flight"] = max(self.serve_counters["peak_in_flight"], in_flight)
-                if self.has_unfinished():
-                    done = self.step()
-                    if done:
-                        freed = now()
-                        for seq in done:
-                            heapq.heappush(free_slots, seq.token_times[-1] if seq.token_times else freed)
-                        in_flight -= len(done)
-                        if progress is not None:
-                            progress(len(done))
-                elif pending:  # idle: sleep until the next request is due (slots are all free)
-                    while (wait := start + offsets_s[pending[0]] - now()) > 0:
-                        time.sleep(wait)
-        except BaseException as exc:
-            self.abort_all(f"aborted: serve() failed with {type(exc).__name__}")
-            raise
-        finally:
-            if lags:
-                c = self.serve_counters
-                c["submitted"] += len(lags)
-                c["lag_sum_s"] += sum(lags)
-                c["max_lag_s"] = max(c["max_lag_s"], max(lags))
-        return [s.output() for s in seqs]
+        """Online serving: requests join as they come due (engines/own/online.py)."""
+        return serve(self, requests, offsets_s, max_concurrency, progress)
 
     def generate_tokens(
         self, prompts: list[list[int]], sampling: SamplingParams | list[SamplingParams]
@@ -282,15 +233,5 @@ class LLMEngine:
             "prefix_cache_hit_tokens": self.kv.hits,
             "prefix_cache_lookup_tokens": self.kv.lookups,
             **({"speculation": self.speculator.stats.as_dict()} if self.speculator is not None else {}),
-            **self._serve_stats(),
-        }
-
-    def _serve_stats(self) -> dict:
-        c = self.serve_counters
-        if not c["submitted"]:
-            return {}
-        return {
-            "serve_peak_in_flight": int(c["peak_in_flight"]),
-            "serve_submit_lag_ms_mean": 1e3 * c["lag_sum_s"] / c["submitted"],
-            "serve_submit_lag_ms_max": 1e3 * c["max_lag_s"],
+            **self.serve_counters.stats(),
         }
