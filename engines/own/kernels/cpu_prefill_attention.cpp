@@ -7,7 +7,7 @@
 // 21-28 ms, this kernel 13-14 ms, in bf16 and fp32; bf16 error against an fp32 reference 0.004 vs SDPA's 0.016.
 // P.V runs four query rows at once (one row alone waits on its own FMA latency) and a task holds 64 positions
 // (was 32: keys gathered half as often): fp32, SmolLM2's heads, one layer, prompts of 600-2000 tokens and 100-120
-// after a cached 600, 1 thread 78-82 -> 87-102 GFLOP/s (causal flops), 2 threads 130-144 -> 159-194 (same bits).
+// after a cached 600, 1 thread 71-82 -> 91-102 GFLOP/s (causal flops), 2 threads 129-144 -> 159-194 (same bits).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
