@@ -108,10 +108,10 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return finished + self._fail_unschedulable()
-        self._count(batch)
+        with_prompt_tokens = self._count(batch)
         sampled, new_tokens = self._run(batch)
         stamp = now()  # the sampled ids are on the host now: tokens of one step are one event
-        if any(n > 1 for n in batch.num_new_tokens):
+        if with_prompt_tokens:
             self.counters.prefill_steps += 1
             self.counters.prefill_step_s += stamp - start
         else:
@@ -159,9 +159,11 @@ class LLMEngine:
         seq.finish("error", f"not enough KV blocks for {seq.num_tokens} tokens (pool: {self.kv.num_blocks} blocks)")
         return [seq]
 
-    def _count(self, batch: ScheduledBatch) -> None:
+    def _count(self, batch: ScheduledBatch) -> bool:
+        """Count the step's tokens and KV use; whether it carries prompt tokens."""
         c = self.counters
         c.steps += 1
+        prefill_before = c.prefill_tokens
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             if num_new == 1:
                 c.decode_tokens += 1
@@ -171,6 +173,7 @@ class LLMEngine:
         c.peak_running = max(c.peak_running, len(self.scheduler.running))
         c.allocated_block_steps += self.kv.num_used_blocks
         c.real_token_steps += sum(s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens))
+        return c.prefill_tokens > prefill_before
 
     def generate(
         self,
