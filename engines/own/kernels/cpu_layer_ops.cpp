@@ -13,9 +13,8 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+
+#include "cpu_vector.h"  // load16, and the vectorized exp ATen uses
 
 #pragma GCC optimize("fp-contract=off")
 
@@ -28,9 +27,8 @@ inline float round_to(float x, float) { return x; }
 inline float round_to(float x, at::BFloat16) { return widen(static_cast<at::BFloat16>(x)); }
 
 #if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+using infermatrix::vec::load16;
 inline __m512 widen16(__m256i bf16) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16)); }
-inline __m512 load16(const at::BFloat16* p) { return widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 // float -> bf16, round to nearest even in integer ops as ATen's vector conversion (denormals kept, where
 // vcvtneps2bf16 would flush them; a NaN becomes 0xffff)
 inline __m256i to_bf16(__m512 x) {
@@ -41,8 +39,6 @@ inline __m256i to_bf16(__m512 x) {
   return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), _mm512_set1_epi32(0xffff),
                                                        rounded));
 }
-// libtorch_cpu's vectorized exp (1 ulp), the one ATen's AVX-512 `Vectorized<float>::exp` calls.
-extern "C" __m512 Sleef_expf16_u10(__m512);
 #endif
 
 constexpr int64_t kRowsPerTask = 16;
