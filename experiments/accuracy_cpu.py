@@ -50,13 +50,14 @@ def stratified_subjects(per_category: int) -> list[str]:
     return sorted(chosen)
 
 
-def open_lm(name: str, model: ModelSpec, batch_size: int, lm_eval_batch_size: int) -> tuple[object, object | None]:
+def open_lm(name: str, model: ModelSpec, batch_size: int, lm_eval_batch_size: int,
+            own_options: dict) -> tuple[object, object | None]:  # fmt: skip
     """(lm-eval model, our engine to close or None)."""
     if name == LM_EVAL_HF:
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(pretrained=model.path, device="cpu", dtype=model.dtype, batch_size=lm_eval_batch_size), None
-    engine = create_engine(name, model, Technique(), {}, "cpu")
+    engine = create_engine(name, model, Technique(), own_options if name == "own" else {}, "cpu")
     return EngineLM(engine, model.path, batch_size=batch_size), engine
 
 
@@ -96,6 +97,8 @@ def main() -> None:
                         help="interleave: split the subjects into this many slices and run every engine on "
                              "each slice before the next (the order rotates), so load changes hit all alike")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fp32-on-amx", action="store_true",
+                        help="engine own: fp32 linears as bf16 splits on AMX tiles (engine.fp32_on_amx)")
     parser.add_argument("--out", default=None, help="folder for samples_<task>.jsonl (default: a temp folder)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,8 +130,12 @@ def main() -> None:
     lms, load_s = {}, {}
     for name in names:
         start = time.perf_counter()
-        lms[name] = open_lm(name, model, args.batch_size, args.lm_eval_batch_size)
+        lms[name] = open_lm(name, model, args.batch_size, args.lm_eval_batch_size,
+                            {"fp32_on_amx": True} if args.fp32_on_amx else {})  # fmt: skip
         load_s[name] = time.perf_counter() - start
+        engine = lms[name][1]
+        if engine is not None and (linears := engine.stats().get("linear_instructions")):
+            print(f"{name}: linears on {linears}", flush=True)
     blocks: dict[str, dict[str, list[dict]]] = {name: {} for name in names}
     try:
         for r, (cfg, plans, manager) in enumerate(rounds):

@@ -21,6 +21,9 @@ class OwnOptions(EngineOptions):
     max_model_len: int | None = None
     pack_weights: bool = True  # CPU, fp32/bf16: float linears and an LM head copy packed (quant/apply.py)
     cpp_layer_ops: bool = True  # CPU, fp32/bf16: residual add + RMSNorm, RoPE, SwiGLU in C++ calls
+    # CPU, fp32, AMX: the layers' linears as three-term bf16 splits on AMX tiles (fp32-level error; faster from
+    # ~64 rows, slower below: for prefill-heavy work such as accuracy runs)
+    fp32_on_amx: bool = False
 
     def __post_init__(self) -> None:
         self.check_positive("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_bytes", "batch_size",

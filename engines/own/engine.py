@@ -43,7 +43,7 @@ from engines.own.kernels import cpu_kernels
 from engines.own.loader import checked_max_model_len, load_model
 from engines.own.model_runner import ModelRunner
 from engines.own.quant.apply import DEFAULT_INT4_GROUP, pack_float_linears, quantize_model
-from engines.own.quant.linear import cpu_linear_instructions
+from engines.own.quant.linear import cpu_linear_instructions, split_fp32_unavailable
 from engines.own.scheduler import SchedulerConfig
 from engines.own.scoring import score_sequences, score_tails
 from engines.own.speculative.setup import build_speculator, load_spec_draft, resolve_spec_options
@@ -114,10 +114,12 @@ class OwnEngine(Engine):
         self.options = options
         self.spec = model
         check_device_support(technique, self.device)
+        split = self._split_fp32(options, torch_dtype(model.dtype))
         self.model, hf_config = load_model(model, self.device, options.max_model_len)
         self.quantization = quantize_model(self.model, technique.quant.value, technique.quant_group_size)
-        self.weight_layout = pack_float_linears(self.model, options.max_num_seqs) if options.pack_weights else "plain"
-        self.linear_instructions = (cpu_linear_instructions(torch_dtype(model.dtype))
+        self.weight_layout = (pack_float_linears(self.model, options.max_num_seqs, split) if options.pack_weights
+                              else "plain")  # fmt: skip
+        self.linear_instructions = (cpu_linear_instructions(torch_dtype(model.dtype), split)
                                     if self.weight_layout == "cpp_tiles" else None)  # fmt: skip
         self.layer_ops = self._bind_layer_ops(options.cpp_layer_ops, torch_dtype(model.dtype))
         config = self.model.config
@@ -172,6 +174,16 @@ class OwnEngine(Engine):
         )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _split_fp32(self, options: OwnOptions, dtype: torch.dtype) -> bool:
+        """Whether fp32_on_amx is asked for, and can run: else a clear error before anything loads."""
+        if not options.fp32_on_amx:
+            return False
+        reason = ("it is for the CPU" if self.device.type != "cpu" else
+                  "it needs pack_weights=true" if not options.pack_weights else split_fp32_unavailable(dtype))  # fmt: skip
+        if reason:
+            raise UnsupportedTechnique(f"engine 'own': fp32_on_amx=true cannot run here: {reason}")
+        return True
 
     def _bind_layer_ops(self, wanted: bool, dtype: torch.dtype) -> str:
         """Our C++ layer ops on the CPU in fp32/bf16 where they build; else torch's. Returns which, and why."""

@@ -2,7 +2,8 @@
 sum of the products over k rounded once to the dtype, so it lies within the error bound of a sum in order; any
 shape (odd K, N not a multiple of the 32-row task), with or without bias, any row stride; a row's output does not
 depend on the rows batched with it; the engine packs with it wherever it runs; and bf16 runs on AMX tiles
-wherever the CPU has them."""
+wherever the CPU has them. fp32 split into three bf16 terms on AMX tiles (`split=True`) lies within the bound of an
+fp32 sum of its six products in order, keeps a row's bits whatever its batch, and is refused where it cannot run."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ DTYPES = [
         reason=f"needs the C++ kernels built on a CPU with AVX-512 ({dtype})"))
     for dtype in (torch.float32, torch.bfloat16)
 ]  # fmt: skip
+AMX = pytest.mark.skipif(cpu_kernels.missing_toolchain() is not None or not cpu_kernels.packed_linear_amx(),
+                         reason="needs the C++ kernels on a CPU with AMX-BF16")  # fmt: skip
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8}
 
 
@@ -90,3 +93,50 @@ def test_bf16_runs_on_amx_tiles_wherever_the_cpu_has_them(dtype):
     assert cpu_kernels.packed_linear_amx() == amx
     expected = {torch.float32: "AVX-512 FMA", torch.bfloat16: "AMX-BF16" if amx else "AVX512-BF16"}[dtype]
     assert cpu_linear_instructions(dtype).startswith(expected)
+
+
+@AMX
+@pytest.mark.parametrize("n, k", [(960, 576), (576, 1536), (17, 32), (100, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_split_fp32_is_within_an_fp32_sum_of_its_six_products(n, k, bias):
+    w, b = _weights(n, k, bias, torch.float32)
+    layer = TilePackedLinear(w, b, split=True)
+    for rows in (1, 9, 33, 70):
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+        exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+        out = layer(x)
+        assert out.shape == (rows, n) and out.dtype == torch.float32
+        # the terms left out: under 3 * 2^-27 of each |x||w|; then an fp32 sum of 6k products and the bias, each
+        # product's terms within 2^-8 of |x||w|
+        magnitude = x.double().abs() @ w.double().abs().T + (0 if b is None else b.double().abs())
+        bound = (3 * 2.0**-27 + (6 * k + 1) * 2.0**-24 * (1 + 2.0**-7)) * magnitude
+        assert ((out.double() - exact).abs() <= bound).all()
+        # and typically as close as torch's own fp32 matmul (three products alone would be 15-70x further)
+        rms = lambda y: (y.double() - exact).pow(2).mean().sqrt()  # noqa: E731
+        assert rms(out) <= 2 * rms(F.linear(x, w, b))
+
+
+@AMX
+def test_split_fp32_gives_a_row_the_same_bits_alone_as_in_any_batch():
+    w, b = _weights(960, 576, True, torch.float32)
+    layer = TilePackedLinear(w, b, split=True)
+    x = torch.randn(33, 576, generator=torch.Generator().manual_seed(1))
+    batched = layer(x)
+    for row in (0, 15, 16, 32):
+        torch.testing.assert_close(layer(x[row : row + 1]), batched[row : row + 1], rtol=0, atol=0)
+    torch.testing.assert_close(layer(x[5:30]), batched[5:30], rtol=0, atol=0)
+
+
+@AMX
+def test_split_fp32_is_refused_where_it_cannot_run():
+    w, _ = _weights(64, 64, False, torch.float32)
+    packed = cpu_kernels.pack_for_linear_split(w)
+    with pytest.raises(RuntimeError, match="K a multiple of 32"):
+        cpu_kernels.packed_linear_split(torch.ones(2, 48), packed, None, 64)
+    with pytest.raises(RuntimeError, match="K as x's"):
+        cpu_kernels.packed_linear_split(torch.ones(2, 96), packed, None, 64)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        cpu_kernels.pack_for_linear_split(torch.ones(64, 48))
+    # a layer whose K the split cannot take keeps the FMA kernel
+    assert not cpu_packed_linear(torch.ones(64, 48), None, batch_hint=8, split=True)[0].split
+    assert cpu_linear_instructions(torch.float32, split=True).startswith("AMX-BF16 tiles, fp32 as three bf16 terms")

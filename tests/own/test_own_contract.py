@@ -100,6 +100,14 @@ def test_gpu_only_techniques_are_unsupported_on_cpu(technique, reason):
         tiny_engine(technique)
 
 
+def test_fp32_on_amx_is_refused_where_it_cannot_run():
+    with pytest.raises(UnsupportedTechnique, match="fp32_on_amx=true cannot run here: it needs pack_weights=true"):
+        tiny_engine(fp32_on_amx=True, pack_weights=False)
+    bf16 = ModelSpec("tiny", None, dtype="bfloat16", random_config=dict(TINY), seed=0)
+    with pytest.raises(UnsupportedTechnique, match="it is for float32 weights, these are bfloat16"):
+        create_engine("own", bf16, Technique(), dict(kv_cache_bytes=1 << 22, fp32_on_amx=True), "cpu")
+
+
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(UnsupportedTechnique, match="TRITON_INTERPRET"):

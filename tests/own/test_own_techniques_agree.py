@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engines import create_engine
+from engines.own.kernels import cpu_kernels
 from engines.base import Attention, Batching, KVCache, ModelSpec, Request, SamplingParams, Technique
 from own_prompts import text_prompts
 
@@ -85,6 +86,14 @@ def test_cpp_decode_kernel_gives_the_same_tokens_as_sdpa(smollm2_dir, prompts, b
 def test_torch_layer_ops_give_the_same_tokens_as_our_cpp_ones(smollm2_dir, prompts, baseline):
     tokens, stats = run(smollm2_dir, prompts, cpp_layer_ops=False)
     assert stats["layer_ops"] == "torch (cpp_layer_ops=false)"
+    assert tokens == baseline
+
+
+@pytest.mark.skipif(cpu_kernels.missing_toolchain() is not None or not cpu_kernels.packed_linear_amx(),
+                    reason="needs the C++ kernels on a CPU with AMX-BF16")  # fmt: skip
+def test_fp32_linears_split_on_amx_tiles_give_the_same_tokens(smollm2_dir, prompts, baseline):
+    tokens, stats = run(smollm2_dir, prompts, fp32_on_amx=True)
+    assert stats["linear_instructions"].startswith("AMX-BF16 tiles, fp32 as three bf16 terms")
     assert tokens == baseline
 
 

@@ -138,6 +138,30 @@ def pack_for_linear(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(padded.shape[0] // 16, 16, padded.shape[1] // per, per).permute(0, 2, 1, 3).contiguous()
 
 
+def split_in_three(weight: torch.Tensor) -> list[torch.Tensor]:
+    """fp32 W as three bf16 terms W0 + W1 + W2, each the round-to-nearest of what the terms before left."""
+    terms, rest = [], weight.float()
+    for _ in range(3):
+        terms.append(rest.to(torch.bfloat16))
+        rest = rest - terms[-1].float()
+    return terms
+
+
+def pack_for_linear_split(weight: torch.Tensor) -> torch.Tensor:
+    """fp32 W [N, K] (K a multiple of 32) as `packed_linear_split` reads it: its three bf16 terms, each packed by
+    `pack_for_linear`: [3, Np/16, K/2, 16, 2]."""
+    if weight.shape[1] % 32:
+        raise ValueError(f"the split fp32 linear needs K a multiple of 32, got {weight.shape[1]}")
+    return torch.stack([pack_for_linear(term) for term in split_in_three(weight)])
+
+
+def packed_linear_split(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """fp32 x [M, K] @ W^T (+ bias) on AMX tiles: x split into three bf16 terms as W was, the six products
+    x_i . W_j with i + j <= 2 summed in fp32 (those left out are below 2^-26 of each product). W packed by
+    `pack_for_linear_split`; bias fp32, zero-padded as W's rows."""
+    return extension().packed_linear_split(x, packed, bias, out_features)
+
+
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
     """x [M, K] @ W^T (+ bias) -> [M, out_features] in x's dtype, W packed by `pack_for_linear` in that dtype;
     bias fp32, zero-padded as W's rows."""

@@ -13,6 +13,10 @@
 // 2026-12-01): bf16 at 2048 rows 1949-2130 / 2441-2613 (AVX512-BF16 was 219), 256: 2274-2511 / 2040, 32:
 // 1789-1854 / 1062-1150 (was 220), 8: 814-851 / 354-370, one row 104-111 / 42-47 (was 74); fp32 (blocked,
 // 6 x 4 tiles) 2048 rows 328 / 355 (was 265), 256: 335 / 353, 32: 302 / 245, one row 36 / 19.
+// fp32 on AMX (`packed_linear_split`): x and W each as three bf16 terms, the six products with error above 2^-26
+// summed on tiles. Same Xeon, 1 thread, GFLOP/s split / fp32 FMA kernel: K 576 at 1024 rows 299-310 / 159-195, 256:
+// 323-332 / 190-201, 64: 252-263 / 177-197, 33: 165-205 / 143-198, one row 9-14 / 14-40 (1.5x the weight bytes);
+// K 1536 (x and W no longer in L2 together) 205-218 / 176-189; max error over |y| max 3-7e-7 / 3-5e-7.
 // Each row's sum runs in the same order whatever the number of rows: a token's logits do not depend on its batch.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -192,11 +196,13 @@ TileConfig tile_config(int rows0, int rows1) {
 }
 
 // Sums of one or two blocks of up to 16 rows of x against the task's two column tiles, into sums [4][16][16]
-// (block-major, as the tiles are numbered).
+// (block-major, as the tiles are numbered). kLimbs 1: x . w in bf16. kLimbs 3 (fp32 split into three bf16
+// terms, x = x0 + x1 + x2, w likewise, `x_limb` and `w_limb` elements apart): the six products x_i . w_j with
+// i + j <= 2, smallest first each k step; the three left out are below 2^-26 of x . w, under fp32's own rounding.
 // `next`: the next task's weights to prefetch into L2 meanwhile, or null.
-template <bool kTwoBlocks>
-void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t K, const at::BFloat16* w, int64_t steps,
-              const at::BFloat16* next, float* sums) {
+template <bool kTwoBlocks, int kLimbs>
+void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t x_limb, int64_t K, const at::BFloat16* w,
+              int64_t steps, int64_t w_limb, const at::BFloat16* next, float* sums) {
   _tile_zero(0);
   _tile_zero(1);
   if constexpr (kTwoBlocks) {
@@ -206,19 +212,25 @@ void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t K, const at::BFlo
   const int64_t x_bytes = x_stride * 2, w1 = steps * 2 * kTile;
   for (int64_t k = 0; k < K; k += kAmxK) {
     if (next)
-      for (int64_t line = 0; line < 16 * 32; line += 32) {  // 16 rows of 64 bytes per weight tile
-        _mm_prefetch(reinterpret_cast<const char*>(next + k * kTile + line), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(next + w1 + k * kTile + line), _MM_HINT_T1);
+      for (int j = 0; j < kLimbs; ++j)
+        for (int64_t line = 0; line < 16 * 32; line += 32) {  // 16 rows of 64 bytes per weight tile
+          _mm_prefetch(reinterpret_cast<const char*>(next + j * w_limb + k * kTile + line), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(next + j * w_limb + w1 + k * kTile + line), _MM_HINT_T1);
+        }
+    for (int j = 0; j < kLimbs; ++j) {
+      _tile_loadd(6, w + j * w_limb + k * kTile, 64);
+      _tile_loadd(7, w + j * w_limb + w1 + k * kTile, 64);
+      for (int i = kLimbs - 1 - j; i >= 0; --i) {
+        const at::BFloat16* xi = x + i * x_limb + k;
+        _tile_loadd(4, xi, x_bytes);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if constexpr (kTwoBlocks) {
+          _tile_loadd(5, xi + kTile * x_stride, x_bytes);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
       }
-    _tile_loadd(6, w + k * kTile, 64);
-    _tile_loadd(7, w + w1 + k * kTile, 64);
-    _tile_loadd(4, x + k, x_bytes);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    if constexpr (kTwoBlocks) {
-      _tile_loadd(5, x + kTile * x_stride + k, x_bytes);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
     }
   }
   _tile_stored(0, sums, 64);
@@ -229,14 +241,17 @@ void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t K, const at::BFlo
   }
 }
 
-// K a multiple of 32. Each row's sums run in the same order wherever the row sits in a tile.
+// y (out_t: bf16, or fp32 for kLimbs 3) from x [kLimbs][M][K] (rows may be strided) and packed
+// [kLimbs][Np/16][K/2][16][2]; K a multiple of 32. Each row's sums run in the same order wherever the row sits.
+template <typename out_t, int kLimbs>
 void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias, at::Tensor& y) {
-  const int64_t M = x.size(0), K = x.size(1), N = y.size(1), steps = packed.size(1);
-  const int64_t task_cols = kTiles * kTile, task_weights = kTiles * steps * 2 * kTile, x_stride = x.stride(0);
+  const int64_t M = x.size(-2), K = x.size(-1), N = y.size(1), steps = packed.size(-3);
+  const int64_t tiles = packed.size(-4), task_cols = kTiles * kTile, task_weights = kTiles * steps * 2 * kTile;
+  const int64_t x_stride = x.stride(-2), x_limb = kLimbs > 1 ? x.stride(0) : 0, w_limb = tiles * steps * 2 * kTile;
   const auto* xp = x.data_ptr<at::BFloat16>();
   const auto* wp = packed.data_ptr<at::BFloat16>();
-  auto* yp = y.data_ptr<at::BFloat16>();
-  at::parallel_for(0, packed.size(0) / kTiles, 1, [&](int64_t begin, int64_t end) {
+  auto* yp = y.data_ptr<out_t>();
+  at::parallel_for(0, tiles / kTiles, 1, [&](int64_t begin, int64_t end) {
     alignas(64) float sums[4 * kTile * kTile];
     int loaded = -1;  // rows0 * 32 + rows1 of the loaded config
     sweep(begin, end, M, [&](int64_t first, int64_t last, int64_t chunk, int64_t chunk_end) {
@@ -252,8 +267,9 @@ void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias
             loaded = rows0 * 32 + rows1;
           }
           const at::BFloat16* next = m0 == 0 && task + 1 < end ? w + task_weights : nullptr;
-          if (rows1) amx_sums<true>(xp + m0 * x_stride, x_stride, K, w, steps, next, sums);
-          else amx_sums<false>(xp + m0 * x_stride, x_stride, K, w, steps, next, sums);
+          const at::BFloat16* rows = xp + m0 * x_stride;
+          if (rows1) amx_sums<true, kLimbs>(rows, x_stride, x_limb, K, w, steps, w_limb, next, sums);
+          else amx_sums<false, kLimbs>(rows, x_stride, x_limb, K, w, steps, w_limb, next, sums);
           for (int m = 0; m < rows0 + rows1; ++m)
             for (int t = 0; t < kTiles; ++t) {
               const int64_t n = std::min<int64_t>(kTile, cols - kTile * t);
@@ -261,13 +277,33 @@ void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias
               __m512 v = _mm512_loadu_ps(sums + ((m / kTile) * kTiles + t) * kTile * kTile + (m % kTile) * kTile);
               if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + n0 + kTile * t));
               const __mmask16 mask = n == kTile ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-              Step<at::BFloat16>::store(yp + (m0 + m) * N + n0 + kTile * t, mask, v, false);
+              Step<out_t>::store(yp + (m0 + m) * N + n0 + kTile * t, mask, v, false);
             }
         }
       }
     });
     if (loaded >= 0) _tile_release();
   });
+}
+
+// x = x0 + x1 + x2 in bf16, each term the round-to-nearest of what the ones before left: [3][M][K].
+at::Tensor split_in_three(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1), x_stride = x.stride(0);
+  at::Tensor limbs = at::empty({3, M, K}, x.options().dtype(at::kBFloat16));
+  const float* xp = x.data_ptr<float>();
+  auto* lp = reinterpret_cast<uint16_t*>(limbs.data_ptr<at::BFloat16>());
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m)
+      for (int64_t k = 0; k < K; k += 16) {  // K is a multiple of 32 here
+        __m512 rest = _mm512_loadu_ps(xp + m * x_stride + k);
+        for (int i = 0; i < 3; ++i) {
+          const __m256i term = (__m256i)_mm512_cvtneps_pbh(rest);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(lp + (i * M + m) * K + k), term);
+          rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(term), 16)));
+        }
+      }
+  });
+  return limbs;
 }
 #endif
 
@@ -339,7 +375,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c1
   if (bf16) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
     if (x.size(1) % kAmxK == 0 && amx_permitted()) {
-      linear_amx(x, packed, bp, y);
+      linear_amx<at::BFloat16, 1>(x, packed, bp, y);
       return y;
     }
 #endif
@@ -347,6 +383,28 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c1
   } else {
     linear<float>(x, packed, bp, y);
   }
+#endif
+  return y;
+}
+
+// fp32 x [M, K] (rows may be strided), K a multiple of 32, through AMX: x and W each split into three bf16 terms,
+// packed [3, Np/16, K/2, 16, 2] (`packed_linear`'s bf16 layout per term); bias: fp32 [Np] or none.
+// Returns fp32 [M, N].
+at::Tensor packed_linear_split(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                               int64_t N) {
+  RECORD_FUNCTION("infermatrix::packed_linear_split", std::vector<c10::IValue>());
+  TORCH_CHECK(packed_linear_amx(), "this CPU build has no AMX-BF16 tiles for the split fp32 linear");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.stride(1) == 1 && x.size(1) % 32 == 0,
+              "x: float32 rows [M, K], K a multiple of 32");
+  TORCH_CHECK(packed.dim() == 5 && packed.size(0) == 3 && packed.scalar_type() == at::kBFloat16 &&
+                  packed.is_contiguous() && packed.size(3) == kTile && packed.size(4) == 2 &&
+                  packed.size(1) % kTiles == 0 && packed.size(2) * 2 == x.size(1) && N <= packed.size(1) * kTile,
+              "packed weight: three bf16 terms [3, N/16, K/2, 16, 2], N padded to a multiple of 32, K as x's");
+  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
+                        bias->numel() == packed.size(1) * kTile), "bias: fp32 [padded N]");
+  at::Tensor y = at::empty({x.size(0), N}, x.options());
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  linear_amx<float, 3>(split_in_three(x), packed, bias ? bias->data_ptr<float>() : nullptr, y);
 #endif
   return y;
 }

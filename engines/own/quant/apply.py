@@ -63,11 +63,11 @@ def quantize_model(
     }  # fmt: skip
 
 
-def pack_float_linears(model: nn.Module, batch_hint: int) -> str:
+def pack_float_linears(model: nn.Module, batch_hint: int, split_fp32: bool = False) -> str:
     """On the CPU in float32 or bfloat16, put every float `Linear` and the LM head (but not in float32 through
     oneDNN) in a packed layout (`cpu_packed_linear`: ours in 16-row tiles where the CPU has AVX-512, AVX512-BF16
-    for bfloat16; else oneDNN's blocked one);
-    returns the weight layout the model now runs with ("cpp_tiles", "onednn_packed" or "plain", with the reason)."""
+    for bfloat16; else oneDNN's blocked one); `split_fp32`: the layers' fp32 weights (not the LM head's) as bf16
+    terms for AMX tiles (`TilePackedLinear`); returns the weight layout the model now runs with ("cpp_tiles", "onednn_packed" or "plain", with the reason)."""
     first = next(model.parameters())
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.bfloat16):
         return "plain (packing is for float32 and bfloat16 on the CPU)"
@@ -77,7 +77,7 @@ def pack_float_linears(model: nn.Module, batch_hint: int) -> str:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Linear):
-                setattr(parent, name, cpu_packed_linear(child.weight, child.bias, batch_hint)[0])
+                setattr(parent, name, cpu_packed_linear(child.weight, child.bias, batch_hint, split_fp32)[0])
     # the LM head too (2x faster at one row here): a packed copy, since the embedding lookup reads the plain rows
     # (tied in SmolLM2); costs vocab x hidden more weight bytes. Not in fp32 through oneDNN: its summation order
     # there moved logits 1.03e-4 from HF's (tests/own/test_own_matches_hf.py allows 1e-4), so that case runs

@@ -81,20 +81,26 @@ class TilePackedLinear(nn.Module):
     """Float weights packed in 16-row tiles for our C++ kernel (kernels/cpu_linear.cpp; bf16 on AMX tiles where
     the CPU has them): faster than oneDNN's packed matmul at decode sizes, level or a little slower at prefill
     sizes (the kernel's header has the numbers); fp32 sums in blocks of 64 k, closer to float64 than oneDNN or
-    MKL. Each row's sum runs in the same order whatever the batch."""
+    MKL. Each row's sum runs in the same order whatever the batch.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    `split` (fp32, AMX): W kept as three bf16 terms and x split likewise per call, their six leading products
+    summed on AMX tiles (`packed_linear_split`): fp32-level error, 1.5x+ faster at 64 rows and more here but
+    slower at a few rows (1.5x the weight bytes to read), so for prefill-heavy work such as scoring."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, split: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.nbytes = _tensor_bytes(weight, bias)
-        self.packed = cpu_kernels.pack_for_linear(weight.detach())
-        padded = self.packed.shape[0] * self.packed.shape[2]
+        self.split = split
+        self.packed = (cpu_kernels.pack_for_linear_split if split else cpu_kernels.pack_for_linear)(weight.detach())
+        padded = self.packed.shape[-4] * self.packed.shape[-2]
         self.bias = None if bias is None else F.pad(bias.detach().float(), (0, padded - self.out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         rows = rows if rows.stride(-1) == 1 else rows.contiguous()
-        return cpu_kernels.packed_linear(rows, self.packed, self.bias, self.out_features).view(*x.shape[:-1], -1)
+        run = cpu_kernels.packed_linear_split if self.split else cpu_kernels.packed_linear
+        return run(rows, self.packed, self.bias, self.out_features).view(*x.shape[:-1], -1)
 
     def weight_bytes(self) -> int:
         return self.nbytes
@@ -108,20 +114,34 @@ def cpu_linear_layout(dtype: torch.dtype) -> str:
     return "onednn_packed" if onednn_packing_available() else "plain"
 
 
-def cpu_linear_instructions(dtype: torch.dtype) -> str:
+def split_fp32_unavailable(dtype: torch.dtype) -> str | None:
+    """Why fp32 linears cannot run as bf16 splits on AMX tiles here (`TilePackedLinear(split=True)`), or None."""
+    if dtype != torch.float32:
+        return f"it is for float32 weights, these are {str(dtype).removeprefix('torch.')}"
+    if not cpu_kernels.packed_linear_amx():
+        return "this CPU (or this build, or the OS) gives no AMX-BF16 tiles"
+    return None
+
+
+def cpu_linear_instructions(dtype: torch.dtype, split: bool = False) -> str:
     """What our packed linear computes with here in `dtype` (the engine records it next to the layout)."""
+    if split:
+        return "AMX-BF16 tiles, fp32 as three bf16 terms (six products; the LM head: AVX-512 FMA)"
     if dtype == torch.bfloat16 and cpu_kernels.packed_linear_amx():
         return "AMX-BF16 tiles (K a multiple of 32; else AVX512-BF16)"
     return "AVX512-BF16" if dtype == torch.bfloat16 else "AVX-512 FMA"
 
 
-def cpu_packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int) -> tuple[nn.Module, str]:
-    """The float linear in `cpu_linear_layout`'s layout, and that layout's name."""
+def cpu_packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int,
+                      split: bool = False) -> tuple[nn.Module, str]:  # fmt: skip
+    """The float linear in `cpu_linear_layout`'s layout, and that layout's name; `split`: see `TilePackedLinear`
+    (fp32 on AMX, K a multiple of 32)."""
     layout = cpu_linear_layout(weight.dtype)
     if layout == "plain":
         raise RuntimeError("no packed float linear here: no AVX-512 for ours and no oneDNN packing in this torch")
-    module = TilePackedLinear(weight, bias) if layout == "cpp_tiles" else PackedLinear(weight, bias, batch_hint)
-    return module, layout
+    if layout == "cpp_tiles":
+        return TilePackedLinear(weight, bias, split and weight.shape[1] % 32 == 0), layout
+    return PackedLinear(weight, bias, batch_hint), layout
 
 
 class Int8Linear(nn.Module):
