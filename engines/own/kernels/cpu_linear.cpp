@@ -16,7 +16,7 @@
 // fp32 on AMX (`packed_linear_split`): x and W each as three bf16 terms, the six products with error above 2^-26
 // summed on tiles. Same Xeon, 1 thread, GFLOP/s split / fp32 FMA kernel: K 576 at 1024 rows 299-310 / 159-195, 256:
 // 323-332 / 190-201, 64: 252-263 / 177-197, 33: 165-205 / 143-198, one row 9-14 / 14-40 (1.5x the weight bytes);
-// K 1536 (x and W no longer in L2 together) 205-218 / 176-189; max error over |y| max 3-7e-7 / 3-5e-7.
+// K 1536 236-241 / 176-189; max error over |y| max 3-7e-7 / 3-5e-7. (bf16 K 3456 in 1 MiB chunks of x: 990 -> 1190.)
 // Each row's sum runs in the same order whatever the number of rows: a token's logits do not depend on its batch.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -46,12 +46,11 @@ constexpr int kRows = 8;       // rows of x per pass over a task's tiles
 constexpr int64_t kBlockTasks = 8, kBlockRows = 256;
 
 // fn(first, last, m0, m1) for the tasks [begin, end) in blocks [first, last) of kBlockTasks, each block over
-// the rows of x in chunks [m0, m1) of kBlockRows.
+// the rows of x in chunks [m0, m1) of `rows` (a multiple of 32).
 template <typename Fn>
-void sweep(int64_t begin, int64_t end, int64_t M, Fn fn) {
+void sweep(int64_t begin, int64_t end, int64_t M, Fn fn, int64_t rows = kBlockRows) {
   for (int64_t first = begin; first < end; first += kBlockTasks)
-    for (int64_t m0 = 0; m0 < M; m0 += kBlockRows) fn(first, std::min(end, first + kBlockTasks), m0,
-                                                        std::min(M, m0 + kBlockRows));
+    for (int64_t m0 = 0; m0 < M; m0 += rows) fn(first, std::min(end, first + kBlockTasks), m0, std::min(M, m0 + rows));
 }
 
 template <typename scalar_t>
@@ -242,7 +241,9 @@ void amx_sums(const at::BFloat16* x, int64_t x_stride, int64_t x_limb, int64_t K
 }
 
 // y (out_t: bf16, or fp32 for kLimbs 3) from x [kLimbs][M][K] (rows may be strided) and packed
-// [kLimbs][Np/16][K/2][16][2]; K a multiple of 32. Each row's sums run in the same order wherever the row sits.
+// [kLimbs][Np/16][K/2][16][2]; K a multiple of 32. A chunk of x holds at most 1 MiB: three terms of K 1536 in
+// chunks of 256 rows ran at 155-212 GFLOP/s, of 96 rows 229-235, where K 576 keeps 256 (300-340).
+// Each row's sums run in the same order wherever the row sits.
 template <typename out_t, int kLimbs>
 void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias, at::Tensor& y) {
   const int64_t M = x.size(-2), K = x.size(-1), N = y.size(1), steps = packed.size(-3);
@@ -251,6 +252,7 @@ void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias
   const auto* xp = x.data_ptr<at::BFloat16>();
   const auto* wp = packed.data_ptr<at::BFloat16>();
   auto* yp = y.data_ptr<out_t>();
+  const int64_t chunk_rows = std::clamp<int64_t>((int64_t{1} << 20) / (K * 2 * kLimbs) / 32 * 32, 32, kBlockRows);
   at::parallel_for(0, tiles / kTiles, 1, [&](int64_t begin, int64_t end) {
     alignas(64) float sums[4 * kTile * kTile];
     int loaded = -1;  // rows0 * 32 + rows1 of the loaded config
@@ -281,7 +283,7 @@ void linear_amx(const at::Tensor& x, const at::Tensor& packed, const float* bias
             }
         }
       }
-    });
+    }, chunk_rows);
     if (loaded >= 0) _tile_release();
   });
 }
