@@ -1,7 +1,8 @@
 """Our C++ kernels for the CPU, built on first use: paged attention for decodes (`cpu_decode_attention.cpp`)
 and for prefill chunks (`cpu_prefill_attention.cpp`), and a decoder layer's elementwise work
 (`cpu_layer_ops.cpp`: residual add + RMSNorm, RoPE, SwiGLU), and a float linear layer over weights
-packed in 16-row tiles (`cpu_linear.cpp`), bound in `cpu_kernels.cpp`.
+packed in 16-row tiles (`cpu_linear.cpp`; fp32 also as three-term bf16 splits on AMX tiles), bound in
+`cpu_kernels.cpp`.
 
 Decode over gathered K/V spent most of a CPU decode step in `index_select` and SDPA's flash kernel, which
 is tuned for long queries, not 1-3 query rows per KV head; prefill through SDPA gathered every context and ran
