@@ -7,6 +7,7 @@ shared/data beside the checkout; `hub` = the HF hub). `lm-eval-hf` in --engines 
 (what `lm_eval --model hf --model_args pretrained=<folder>,device=cpu,dtype=float32` builds) run on
 the same generated task YAMLs through the same simple_evaluate call as our engines, in this process.
 The first engine is the baseline of the others for the 99% gate and for per-choice log-likelihoods.
+An engine may carry options after colons (`own:fp32_on_amx=true`): the same engine in two settings, one run.
 
     .venv/bin/python experiments/accuracy_cpu.py --engines lm-eval-hf,own,hf \\
         --subjects-per-category 0 --mmlu-per-subject 2 --gsm8k 0     # the 114-question MMLU timing
@@ -50,14 +51,24 @@ def stratified_subjects(per_category: int) -> list[str]:
     return sorted(chosen)
 
 
-def open_lm(name: str, model: ModelSpec, batch_size: int, lm_eval_batch_size: int,
-            own_options: dict) -> tuple[object, object | None]:  # fmt: skip
+def engine_options(name: str) -> tuple[str, dict]:
+    """`own:fp32_on_amx=true:max_num_seqs=8` -> ("own", {"fp32_on_amx": True, "max_num_seqs": 8})."""
+    engine, *options = name.split(":")
+    values = {"true": True, "false": False}
+    pairs = [item.split("=", 1) for item in options]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--engines: '{name}': options go as engine:key=value:key=value")
+    return engine, {k: values.get(v, int(v) if v.isdigit() else v) for k, v in pairs}
+
+
+def open_lm(name: str, model: ModelSpec, batch_size: int, lm_eval_batch_size: int) -> tuple[object, object | None]:
     """(lm-eval model, our engine to close or None)."""
     if name == LM_EVAL_HF:
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(pretrained=model.path, device="cpu", dtype=model.dtype, batch_size=lm_eval_batch_size), None
-    engine = create_engine(name, model, Technique(), own_options if name == "own" else {}, "cpu")
+    engine, options = engine_options(name)
+    engine = create_engine(engine, model, Technique(), options, "cpu")
     return EngineLM(engine, model.path, batch_size=batch_size), engine
 
 
@@ -86,7 +97,9 @@ def merged(blocks: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engines", default="hf,own", help=f"comma-separated: hf, own, ..., {LM_EVAL_HF}")
+    parser.add_argument("--engines", default="hf,own",
+                        help=f"comma-separated: hf, own, ..., {LM_EVAL_HF}; engine options after colons, e.g. "
+                             "own:fp32_on_amx=true")  # fmt: skip
     parser.add_argument("--subjects-per-category", type=int, default=3, help="0 = all 57 subjects")
     parser.add_argument("--mmlu-per-subject", type=int, default=2)
     parser.add_argument("--gsm8k", type=int, default=8, help="GSM8K test problems (0 = skip)")
@@ -97,8 +110,6 @@ def main() -> None:
                         help="interleave: split the subjects into this many slices and run every engine on "
                              "each slice before the next (the order rotates), so load changes hit all alike")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--fp32-on-amx", action="store_true",
-                        help="engine own: fp32 linears as bf16 splits on AMX tiles (engine.fp32_on_amx)")
     parser.add_argument("--out", default=None, help="folder for samples_<task>.jsonl (default: a temp folder)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,8 +141,7 @@ def main() -> None:
     lms, load_s = {}, {}
     for name in names:
         start = time.perf_counter()
-        lms[name] = open_lm(name, model, args.batch_size, args.lm_eval_batch_size,
-                            {"fp32_on_amx": True} if args.fp32_on_amx else {})  # fmt: skip
+        lms[name] = open_lm(name, model, args.batch_size, args.lm_eval_batch_size)
         load_s[name] = time.perf_counter() - start
         engine = lms[name][1]
         if engine is not None and (linears := engine.stats().get("linear_instructions")):
@@ -174,19 +184,20 @@ def main() -> None:
             timing.append((name, tasks["mmlu"]["seconds"], tasks["mmlu"]["metrics"]["acc,none"]["value"],
                            tasks["mmlu"]["n_samples"], diff, flips, load_s[name]))  # fmt: skip
 
-    header = (f"{'engine':<10} {'task':<6} {'metric':<29} {'value':>7} {'stderr':>7} {'n':>4} {'seconds':>8}  "
+    w = max(10, *map(len, names))  # the engine column
+    header = (f"{'engine':<{w}} {'task':<6} {'metric':<29} {'value':>7} {'stderr':>7} {'n':>4} {'seconds':>8}  "
               f"gate vs {names[0]}")  # fmt: skip
     print("\n" + header + "\n" + "-" * len(header))
     for engine, task, metric, value, stderr, n, seconds, gate in rows:
         err = f"{stderr:.4f}" if stderr is not None else "n/a"
-        print(f"{engine:<10} {task:<6} {metric:<29} {value:>7.4f} {err:>7} {n:>4} {seconds:>8.1f}  {gate}")
+        print(f"{engine:<{w}} {task:<6} {metric:<29} {value:>7.4f} {err:>7} {n:>4} {seconds:>8.1f}  {gate}")
     if timing:
         base_s = timing[0][1]
-        header = (f"{'engine':<10} {'MMLU s':>8} {'speed vs ' + names[0]:>20} {'acc':>7} {'n':>4} "
+        header = (f"{'engine':<{w}} {'MMLU s':>8} {'speed vs ' + names[0]:>20} {'acc':>7} {'n':>4} "
                   f"{'max |dlogp| vs ' + names[0]:>26} {'answers differ':>14} {'load s':>7}")  # fmt: skip
         print("\n" + header + "\n" + "-" * len(header))
         for name, seconds, acc, n, diff, flips, loaded in timing:
-            print(f"{name:<10} {seconds:>8.1f} {base_s / seconds:>19.2f}x {acc:>7.4f} {n:>4} {diff:>26.2e} "
+            print(f"{name:<{w}} {seconds:>8.1f} {base_s / seconds:>19.2f}x {acc:>7.4f} {n:>4} {diff:>26.2e} "
                   f"{flips:>14} {loaded:>7.1f}")  # fmt: skip
         print(f"load average at the end (1/5/15 min): {load()}; per-round load averages above")
     for name, tokens in context_tokens.items():  # why an engine that shares prefixes can be faster
