@@ -67,7 +67,8 @@ def pack_float_linears(model: nn.Module, batch_hint: int, split_fp32: bool = Fal
     """On the CPU in float32 or bfloat16, put every float `Linear` and the LM head (but not in float32 through
     oneDNN) in a packed layout (`cpu_packed_linear`: ours in 16-row tiles where the CPU has AVX-512, AVX512-BF16
     for bfloat16; else oneDNN's blocked one); `split_fp32`: the layers' fp32 weights (not the LM head's) as bf16
-    terms for AMX tiles (`TilePackedLinear`); returns the weight layout the model now runs with ("cpp_tiles", "onednn_packed" or "plain", with the reason)."""
+    terms for AMX tiles (`TilePackedLinear`). Returns the weight layout the model now runs with ("cpp_tiles",
+    "onednn_packed" or "plain", with the reason)."""
     first = next(model.parameters())
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.bfloat16):
         return "plain (packing is for float32 and bfloat16 on the CPU)"
