@@ -179,8 +179,9 @@ class OwnEngine(Engine):
         """Whether fp32_on_amx is asked for, and can run: else a clear error before anything loads."""
         if not options.fp32_on_amx:
             return False
-        reason = ("it is for the CPU" if self.device.type != "cpu" else
-                  "it needs pack_weights=true" if not options.pack_weights else split_fp32_unavailable(dtype))  # fmt: skip
+        reason = ("it is for the CPU" if self.device.type != "cpu"
+                  else "it needs pack_weights=true" if not options.pack_weights
+                  else split_fp32_unavailable(dtype))  # fmt: skip
         if reason:
             raise UnsupportedTechnique(f"engine 'own': fp32_on_amx=true cannot run here: {reason}")
         return True

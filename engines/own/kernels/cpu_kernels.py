@@ -156,7 +156,9 @@ def pack_for_linear_split(weight: torch.Tensor) -> torch.Tensor:
     return torch.stack([pack_for_linear(term) for term in split_in_three(weight)])
 
 
-def packed_linear_split(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+def packed_linear_split(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
     """fp32 x [M, K] @ W^T (+ bias) on AMX tiles: x split into three bf16 terms as W was, the six products
     x_i . W_j with i + j <= 2 summed in fp32 (those left out are below 2^-26 of each product). W packed by
     `pack_for_linear_split`; bias fp32, zero-padded as W's rows."""
