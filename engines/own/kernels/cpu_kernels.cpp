@@ -22,6 +22,7 @@ bool packed_linear_supports(const std::string& dtype);
 bool packed_linear_amx();
 at::Tensor packed_linear_split(const at::Tensor& x, const at::Tensor& packed,
                                const c10::optional<at::Tensor>& bias, int64_t N);
+at::Tensor split_fp32_in_three(const at::Tensor& x);
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                          int64_t N);
 }  // namespace infermatrix
@@ -39,4 +40,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_linear", &infermatrix::packed_linear, "x @ W^T (+ b) over weights packed in 16-row tiles");
   m.def("packed_linear_split", &infermatrix::packed_linear_split,
         "fp32 x @ W^T (+ b) on AMX tiles, x and W each split into three bf16 terms");
+  m.def("split_fp32_in_three", &infermatrix::split_fp32_in_three, "fp32 rows as three bf16 terms [3, M, K]");
 }

@@ -139,21 +139,18 @@ def pack_for_linear(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(padded.shape[0] // 16, 16, padded.shape[1] // per, per).permute(0, 2, 1, 3).contiguous()
 
 
-def split_in_three(weight: torch.Tensor) -> list[torch.Tensor]:
-    """fp32 W as three bf16 terms W0 + W1 + W2, each the round-to-nearest of what the terms before left."""
-    terms, rest = [], weight.float()
-    for _ in range(3):
-        terms.append(rest.to(torch.bfloat16))
-        rest = rest - terms[-1].float()
-    return terms
+def split_in_three(x: torch.Tensor) -> torch.Tensor:
+    """fp32 rows [M, K] (K a multiple of 32) as three bf16 terms [3, M, K], x = x0 + x1 + x2, each the
+    round-to-nearest of what the terms before left: the split `packed_linear_split` applies to its input."""
+    return extension().split_fp32_in_three(x)
 
 
 def pack_for_linear_split(weight: torch.Tensor) -> torch.Tensor:
-    """fp32 W [N, K] (K a multiple of 32) as `packed_linear_split` reads it: its three bf16 terms, each packed by
-    `pack_for_linear`: [3, Np/16, K/2, 16, 2]."""
+    """fp32 W [N, K] (K a multiple of 32) as `packed_linear_split` reads it: its three bf16 terms (split as the
+    kernel splits x), each packed by `pack_for_linear`: [3, Np/16, K/2, 16, 2]."""
     if weight.shape[1] % 32:
         raise ValueError(f"the split fp32 linear needs K a multiple of 32, got {weight.shape[1]}")
-    return torch.stack([pack_for_linear(term) for term in split_in_three(weight)])
+    return torch.stack([pack_for_linear(term) for term in split_in_three(weight.detach().float().contiguous())])
 
 
 def packed_linear_split(

@@ -411,4 +411,17 @@ at::Tensor packed_linear_split(const at::Tensor& x, const at::Tensor& packed, co
   return y;
 }
 
+// fp32 rows [M, K] (K a multiple of 32) as the three bf16 terms `packed_linear_split` multiplies: [3, M, K].
+// The weights are split by this same function before packing.
+at::Tensor split_fp32_in_three(const at::Tensor& x) {
+  TORCH_CHECK(packed_linear_amx(), "this CPU build has no AMX-BF16 tiles for the split fp32 linear");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.stride(1) == 1 && x.size(1) % 32 == 0,
+              "x: float32 rows [M, K], K a multiple of 32");
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  return split_in_three(x);
+#else
+  return {};
+#endif
+}
+
 }  // namespace infermatrix
