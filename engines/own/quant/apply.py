@@ -74,7 +74,8 @@ def pack_float_linears(model: nn.Module, batch_hint: int, split_fp32: bool = Fal
         return "plain (packing is for float32 and bfloat16 on the CPU)"
     layout = cpu_linear_layout(first.dtype)
     if layout == "plain":
-        return "plain (no AVX-512 here for our kernel and no oneDNN weight packing in this torch)"
+        return (f"plain (no AVX-512 here for our kernel and no oneDNN packing of "
+                f"{str(first.dtype).removeprefix('torch.')} weights in this torch on this CPU)")
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Linear):

@@ -52,8 +52,12 @@ class Linear(nn.Module):
         return _tensor_bytes(self.weight, self.bias)
 
 
-def onednn_packing_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+def onednn_packing_available(dtype: torch.dtype) -> bool:
+    """Whether this torch packs `dtype` weights for oneDNN here: its bf16 packing needs AVX-512 (BW, VL, DQ) or
+    AVX-NE-CONVERT, so an AVX2-only CPU (AMD Zen 3, say) packs fp32 but not bf16."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    return dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class PackedLinear(nn.Module):
@@ -111,7 +115,7 @@ def cpu_linear_layout(dtype: torch.dtype) -> str:
     for bf16), else "onednn_packed" where this torch packs for oneDNN, else "plain"."""
     if cpu_kernels.packed_linear_available(dtype):
         return "cpp_tiles"
-    return "onednn_packed" if onednn_packing_available() else "plain"
+    return "onednn_packed" if onednn_packing_available(dtype) else "plain"
 
 
 def split_fp32_unavailable(dtype: torch.dtype) -> str | None:
