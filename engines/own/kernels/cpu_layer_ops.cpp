@@ -26,19 +26,52 @@ inline float widen(at::BFloat16 x) { return __builtin_bit_cast(float, static_cas
 inline float round_to(float x, float) { return x; }
 inline float round_to(float x, at::BFloat16) { return widen(static_cast<at::BFloat16>(x)); }
 
+// fp32 lanes at the build's widest width (AVX-512: 16, AVX2: 8), so SwiGLU's loop is written once: bf16 widens
+// exactly and rounds to nearest even in integer ops as ATen's vector conversion does (denormals kept, where
+// vcvtneps2bf16 would flush them; a NaN becomes 0xffff); exp is the one ATen's vectors call.
 #if defined(__AVX512F__)
-using infermatrix::vec::load16;
-inline __m512 widen16(__m256i bf16) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16)); }
-// float -> bf16, round to nearest even in integer ops as ATen's vector conversion (denormals kept, where
-// vcvtneps2bf16 would flush them; a NaN becomes 0xffff)
-inline __m256i to_bf16(__m512 x) {
-  const __m512i bits = _mm512_castps_si512(x);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i bias = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff));
-  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
-  return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), _mm512_set1_epi32(0xffff),
-                                                       rounded));
-}
+#define INFERMATRIX_LANES
+struct Lanes {
+  using V = __m512;
+  using Bf16 = __m256i;
+  static constexpr int64_t kWidth = 16;
+  static V splat(float x) { return _mm512_set1_ps(x); }
+  static V exp(V x) { return Sleef_expf16_u10(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V x) { _mm512_storeu_ps(p, x); }
+  static V widen(Bf16 h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static V load(const at::BFloat16* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const Bf16*>(p))); }
+  static void store(at::BFloat16* p, V x) { _mm256_storeu_si256(reinterpret_cast<Bf16*>(p), to_bf16(x)); }
+  static Bf16 to_bf16(V x) {
+    const __m512i bits = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), _mm512_set1_epi32(0xffff),
+                                                         rounded));
+  }
+};
+#elif defined(__AVX2__)
+#define INFERMATRIX_LANES
+struct Lanes {
+  using V = __m256;
+  using Bf16 = __m128i;
+  static constexpr int64_t kWidth = 8;
+  static V splat(float x) { return _mm256_set1_ps(x); }
+  static V exp(V x) { return Sleef_expf8_u10(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V x) { _mm256_storeu_ps(p, x); }
+  static V widen(Bf16 h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+  static V load(const at::BFloat16* p) { return widen(_mm_loadu_si128(reinterpret_cast<const Bf16*>(p))); }
+  static void store(at::BFloat16* p, V x) { _mm_storeu_si128(reinterpret_cast<Bf16*>(p), to_bf16(x)); }
+  static Bf16 to_bf16(V x) {
+    const __m256i bits = _mm256_castps_si256(x);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i kept = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0xffff),
+                                            _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+    return _mm_packus_epi32(_mm256_castsi256_si128(kept), _mm256_extracti128_si256(kept, 1));  // lanes <= 0xffff
+  }
+};
 #endif
 
 constexpr int64_t kRowsPerTask = 16;
@@ -94,25 +127,23 @@ void rope_impl(const scalar_t* x, int64_t token_stride, const scalar_t* cos, con
 
 template <typename scalar_t>
 void silu_mul_impl(const scalar_t* in, scalar_t* o, int64_t rows, int64_t width) {
-  constexpr int64_t kPair = std::is_same_v<scalar_t, float> ? 32 : 64;
-  const int64_t vector_end = width - width % kPair;
+  int64_t vector_end = 0;  // ATen's vector loop takes pairs of its vectors (bf16 ones hold twice the lanes)
+#if defined(INFERMATRIX_LANES)
+  vector_end = width - width % ((std::is_same_v<scalar_t, float> ? 2 : 4) * Lanes::kWidth);
+#endif
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* gate = in + r * 2 * width;
       const scalar_t* up = gate + width;
       scalar_t* dst = o + r * width;
       int64_t i = 0;
-#if defined(__AVX512F__)
-      const __m512 one = _mm512_set1_ps(1.f), sign = _mm512_set1_ps(-0.f);
-      for (; i < vector_end; i += 16) {
-        const __m512 g = load16(gate + i);
-        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, Sleef_expf16_u10(_mm512_xor_ps(g, sign))));
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          _mm512_storeu_ps(dst + i, _mm512_mul_ps(silu, _mm512_loadu_ps(up + i)));
-        } else {
-          const __m512 product = _mm512_mul_ps(widen16(to_bf16(silu)), load16(up + i));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), to_bf16(product));
-        }
+#if defined(INFERMATRIX_LANES)
+      const Lanes::V one = Lanes::splat(1.f);
+      for (; i < vector_end; i += Lanes::kWidth) {
+        const Lanes::V g = Lanes::load(gate + i);
+        Lanes::V silu = g / (one + Lanes::exp(-g));
+        if constexpr (!std::is_same_v<scalar_t, float>) silu = Lanes::widen(Lanes::to_bf16(silu));  // torch rounds it
+        Lanes::store(dst + i, silu * Lanes::load(up + i));
       }
 #endif
       for (; i < width; ++i) {

@@ -7,6 +7,9 @@
 #include <immintrin.h>
 // libtorch_cpu's vectorized exp (1 ulp), the one ATen's AVX-512 `Vectorized<float>::exp` calls.
 extern "C" __m512 Sleef_expf16_u10(__m512);
+#elif defined(__AVX2__)
+#include <immintrin.h>
+extern "C" __m256 Sleef_expf8_u10(__m256);  // the one ATen's AVX2 `Vectorized<float>::exp` calls
 #endif
 
 #include <algorithm>
