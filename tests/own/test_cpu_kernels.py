@@ -4,6 +4,9 @@ roundings (another summation order)."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 from test_kernels import TOLERANCE, paged_batch
@@ -225,3 +228,17 @@ def test_the_layer_ops_refuse_what_they_cannot_read():
         ext.add_rms_norm(torch.ones(2, 8), None, torch.ones(9), 1e-5)
     with pytest.raises(RuntimeError, match="heads contiguous"):
         ext.rope(torch.ones(3, 4, 8).transpose(0, 1), torch.ones(4, 8), torch.ones(4, 8))
+
+
+def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path, monkeypatch):
+    # torch waits forever on a build folder's lock file; a killed first build leaves one behind
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, live = tmp_path / "old_build" / "lock", tmp_path / "running_build" / "lock"
+    for lock in (stale, live):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - cpu_kernels.STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    cpu_kernels._clear_stale_lock("old_build")
+    cpu_kernels._clear_stale_lock("running_build")
+    assert not stale.exists() and live.exists()

@@ -10,8 +10,8 @@ at about 46 GFLOP/s where the linears ran at 400 (bf16, 2 threads). Both kernels
 paged cache, each row once for all query heads of its group, in fp32 (bf16 caches widen exactly). At batch 1 a
 decode step is mostly small ops: residual add + RMSNorm in bf16 took 8 torch ops (about 40 us per norm here),
 RoPE 4; the layer ops do each in one call, rounding as the torch reference does. Built with `-march=native`
-into torch's extension cache, named by this CPU's flags so a home shared across different machines never
-loads a build for another CPU.
+into torch's extension cache, named by this CPU's flags and the sources, so a home shared across different
+machines never loads a build for another CPU and two versions of the sources never share a build folder.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import hashlib
 import logging
 import platform
 import shutil
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -30,14 +31,35 @@ log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_decode_attention.cpp",
                                                         "cpu_prefill_attention.cpp", "cpu_layer_ops.cpp",
                                                         "cpu_linear.cpp")]  # fmt: skip
+STALE_LOCK_S = 20 * 60
 
 
-def _cpu_tag() -> str:
+def _build_tag() -> str:
+    """This CPU's flags and the sources' bytes, hashed: each build has its own folder, so checkouts at different
+    versions (a CI clone beside a working tree) never rebuild over one another."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor()
-    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:10]
+    digest = hashlib.sha256(f"{platform.machine()} {flags}".encode())
+    for source in [*SOURCES, *SOURCES[0].parent.glob("*.h")]:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def _clear_stale_lock(name: str) -> None:
+    """torch waits forever on the lock file of a build that was killed (Ctrl-C during the first build); builds
+    take minutes here, so a lock older than STALE_LOCK_S is taken as such a leftover and removed."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        log.warning("removing %s, left %.0f s ago by a build that did not finish", lock, age)
+        lock.unlink(missing_ok=True)
 
 
 def missing_toolchain() -> str | None:
@@ -54,8 +76,10 @@ def extension() -> ModuleType:
         raise ImportError(reason)
     from torch.utils.cpp_extension import load
 
+    name = f"infermatrix_cpu_{_build_tag()}"
+    _clear_stale_lock(name)
     return load(
-        name=f"infermatrix_cpu_{_cpu_tag()}",
+        name=name,
         sources=[str(source) for source in SOURCES],
         extra_cflags=["-O3", "-march=native", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
