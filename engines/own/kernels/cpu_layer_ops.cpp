@@ -14,7 +14,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu_vector.h"  // load16, and the vectorized exp ATen uses
+#include "cpu_vector.h"  // Lanes: fp32 vectors, bf16 rounding and the vectorized exp ATen uses
 
 #pragma GCC optimize("fp-contract=off")
 
@@ -26,52 +26,8 @@ inline float widen(at::BFloat16 x) { return __builtin_bit_cast(float, static_cas
 inline float round_to(float x, float) { return x; }
 inline float round_to(float x, at::BFloat16) { return widen(static_cast<at::BFloat16>(x)); }
 
-// fp32 lanes at the build's widest width (AVX-512: 16, AVX2: 8), so SwiGLU's loop is written once: bf16 widens
-// exactly and rounds to nearest even in integer ops as ATen's vector conversion does (denormals kept, where
-// vcvtneps2bf16 would flush them; a NaN becomes 0xffff); exp is the one ATen's vectors call.
-#if defined(__AVX512F__)
-#define INFERMATRIX_LANES
-struct Lanes {
-  using V = __m512;
-  using Bf16 = __m256i;
-  static constexpr int64_t kWidth = 16;
-  static V splat(float x) { return _mm512_set1_ps(x); }
-  static V exp(V x) { return Sleef_expf16_u10(x); }
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, V x) { _mm512_storeu_ps(p, x); }
-  static V widen(Bf16 h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-  static V load(const at::BFloat16* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const Bf16*>(p))); }
-  static void store(at::BFloat16* p, V x) { _mm256_storeu_si256(reinterpret_cast<Bf16*>(p), to_bf16(x)); }
-  static Bf16 to_bf16(V x) {
-    const __m512i bits = _mm512_castps_si512(x);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), _mm512_set1_epi32(0xffff),
-                                                         rounded));
-  }
-};
-#elif defined(__AVX2__)
-#define INFERMATRIX_LANES
-struct Lanes {
-  using V = __m256;
-  using Bf16 = __m128i;
-  static constexpr int64_t kWidth = 8;
-  static V splat(float x) { return _mm256_set1_ps(x); }
-  static V exp(V x) { return Sleef_expf8_u10(x); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, V x) { _mm256_storeu_ps(p, x); }
-  static V widen(Bf16 h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
-  static V load(const at::BFloat16* p) { return widen(_mm_loadu_si128(reinterpret_cast<const Bf16*>(p))); }
-  static void store(at::BFloat16* p, V x) { _mm_storeu_si128(reinterpret_cast<Bf16*>(p), to_bf16(x)); }
-  static Bf16 to_bf16(V x) {
-    const __m256i bits = _mm256_castps_si256(x);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-    const __m256i kept = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0xffff),
-                                            _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
-    return _mm_packus_epi32(_mm256_castsi256_si128(kept), _mm256_extracti128_si256(kept, 1));  // lanes <= 0xffff
-  }
-};
+#if defined(INFERMATRIX_LANES)
+using infermatrix::vec::Lanes;
 #endif
 
 constexpr int64_t kRowsPerTask = 16;

@@ -43,34 +43,41 @@ struct Scratch {
         sum(rows) {}
 };
 
+#if defined(INFERMATRIX_LANES)
+// Key vectors per pass of q.K (AVX-512: the chunk's 64 keys; AVX2: 32), and the query rows sharing each key
+// load: kRows x kKeyVectors sums stay in registers.
+constexpr int kKeyVectors = 4;
+constexpr int kScoreRows = Lanes::kRegisters == 32 ? 4 : 2;
+
+// scores[r][0, kKeyVectors * width) = q_r . K for rows r in [0, kRows): query rows kD apart, scores kKeys apart.
+template <int kD, int kRows>
+inline void row_scores(const float* query, const float* keys_t, float* scores) {
+  Lanes::V a[kRows][kKeyVectors];
+  for (int r = 0; r < kRows; ++r)
+    for (int j = 0; j < kKeyVectors; ++j) a[r][j] = Lanes::zero();
+  for (int d = 0; d < kD; ++d) {
+    Lanes::V k[kKeyVectors];
+    for (int j = 0; j < kKeyVectors; ++j) k[j] = Lanes::load(keys_t + d * kKeys + Lanes::kWidth * j);
+    for (int r = 0; r < kRows; ++r) {
+      const Lanes::V qd = Lanes::splat(query[r * kD + d]);
+      for (int j = 0; j < kKeyVectors; ++j) a[r][j] = Lanes::fmadd(qd, k[j], a[r][j]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int j = 0; j < kKeyVectors; ++j) Lanes::store(scores + r * kKeys + Lanes::kWidth * j, a[r][j]);
+}
+#endif
+
 // scores[i][0, kKeys) = q_i . K for rows i in [0, n): keys_t is [D][kKeys].
 template <int kD>
 void chunk_scores(const float* query, const float* keys_t, int64_t n, int64_t D, float* scores) {
-#if defined(__AVX512F__)
+#if defined(INFERMATRIX_LANES)
   if constexpr (kD > 0) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {  // four rows share every key load
-      __m512 a[4][4];
-      for (int r = 0; r < 4; ++r)
-        for (int j = 0; j < 4; ++j) a[r][j] = _mm512_setzero_ps();
-      for (int d = 0; d < kD; ++d) {
-        __m512 k[4];
-        for (int j = 0; j < 4; ++j) k[j] = _mm512_loadu_ps(keys_t + d * kKeys + 16 * j);
-        for (int r = 0; r < 4; ++r) {
-          const __m512 qd = _mm512_set1_ps(query[(i + r) * kD + d]);
-          for (int j = 0; j < 4; ++j) a[r][j] = _mm512_fmadd_ps(qd, k[j], a[r][j]);
-        }
-      }
-      for (int r = 0; r < 4; ++r)
-        for (int j = 0; j < 4; ++j) _mm512_storeu_ps(scores + (i + r) * kKeys + 16 * j, a[r][j]);
-    }
-    for (; i < n; ++i) {
-      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-      for (int d = 0; d < kD; ++d) {
-        const __m512 qd = _mm512_set1_ps(query[i * kD + d]);
-        for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(qd, _mm512_loadu_ps(keys_t + d * kKeys + 16 * j), a[j]);
-      }
-      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(scores + i * kKeys + 16 * j, a[j]);
+    for (int64_t k0 = 0; k0 < kKeys; k0 += kKeyVectors * Lanes::kWidth) {
+      int64_t i = 0;
+      for (; i + kScoreRows <= n; i += kScoreRows)
+        row_scores<kD, kScoreRows>(query + i * kD, keys_t + k0, scores + i * kKeys + k0);
+      for (; i < n; ++i) row_scores<kD, 1>(query + i * kD, keys_t + k0, scores + i * kKeys + k0);
     }
     return;
   }
@@ -86,30 +93,48 @@ void chunk_scores(const float* query, const float* keys_t, int64_t n, int64_t D,
   }
 }
 
+#if defined(INFERMATRIX_LANES)
+// Vectors of a head row per P.V pass: all of it with AVX-512, 32 dims with AVX2.
+template <int kD>
+constexpr int kSlice = std::min(kD / Lanes::kWidth, Lanes::kRegisters / 4);
+#endif
+
+// Query rows per P.V pass, sharing each value load: rows x slice sums fill half the registers.
+template <int kD>
+constexpr int value_rows() {
+#if defined(INFERMATRIX_LANES)
+  if constexpr (kD > 0) return Lanes::kRegisters / (2 * kSlice<kD>);
+#endif
+  return 1;
+}
+
 // Rows [0, kR) at once: acc_i = acc_i * correction[i] + p_i . V over the first n keys of the chunk (values
-// [kKeys][D]; acc rows D apart, p rows kKeys apart, zeros past a row's visible keys), so every value load feeds
-// kR rows and kR x D / 16 independent sums hide the FMA latency. Each row's sums run in key order.
+// [kKeys][D]; acc rows D apart, p rows kKeys apart, zeros past a row's visible keys), a slice of each row at a
+// time, so every value load feeds kR rows and kR x slice independent sums hide the FMA latency. Each row's
+// sums run in key order.
 template <int kD, int kR>
 inline void rescale_accumulate(float* acc, const float* correction, const float* p, const float* values, int64_t n,
                                int64_t D) {
-#if defined(__AVX512F__)
+#if defined(INFERMATRIX_LANES)
   if constexpr (kD > 0) {
-    constexpr int R = kD / 16;
-    __m512 a[kR][R];
-    for (int i = 0; i < kR; ++i) {
-      const __m512 c = _mm512_set1_ps(correction[i]);
-      for (int r = 0; r < R; ++r) a[i][r] = _mm512_mul_ps(_mm512_loadu_ps(acc + i * kD + 16 * r), c);
-    }
-    for (int64_t t = 0; t < n; ++t) {
-      __m512 v[R];
-      for (int r = 0; r < R; ++r) v[r] = _mm512_loadu_ps(values + t * kD + 16 * r);
+    constexpr int W = Lanes::kWidth, S = kSlice<kD>;
+    for (int s0 = 0; s0 < kD / W; s0 += S) {
+      Lanes::V a[kR][S];
       for (int i = 0; i < kR; ++i) {
-        const __m512 pt = _mm512_set1_ps(p[i * kKeys + t]);
-        for (int r = 0; r < R; ++r) a[i][r] = _mm512_fmadd_ps(pt, v[r], a[i][r]);
+        const Lanes::V c = Lanes::splat(correction[i]);
+        for (int r = 0; r < S; ++r) a[i][r] = Lanes::load(acc + i * kD + W * (s0 + r)) * c;
       }
+      for (int64_t t = 0; t < n; ++t) {
+        Lanes::V v[S];
+        for (int r = 0; r < S; ++r) v[r] = Lanes::load(values + t * kD + W * (s0 + r));
+        for (int i = 0; i < kR; ++i) {
+          const Lanes::V pt = Lanes::splat(p[i * kKeys + t]);
+          for (int r = 0; r < S; ++r) a[i][r] = Lanes::fmadd(pt, v[r], a[i][r]);
+        }
+      }
+      for (int i = 0; i < kR; ++i)
+        for (int r = 0; r < S; ++r) Lanes::store(acc + i * kD + W * (s0 + r), a[i][r]);
     }
-    for (int i = 0; i < kR; ++i)
-      for (int r = 0; r < R; ++r) _mm512_storeu_ps(acc + i * kD + 16 * r, a[i][r]);
     return;
   }
 #endif
@@ -126,9 +151,9 @@ inline void rescale_accumulate(float* acc, const float* correction, const float*
 // One cached row, widened to fp32.
 template <int kD, typename scalar_t>
 inline void widen_row(const scalar_t* row, int64_t D, float* dst) {
-#if defined(__AVX512F__)
+#if defined(INFERMATRIX_LANES)
   if constexpr (kD > 0) {
-    for (int r = 0; r < kD / 16; ++r) _mm512_storeu_ps(dst + 16 * r, load16(row + 16 * r));
+    for (int r = 0; r < kD / Lanes::kWidth; ++r) Lanes::store(dst + Lanes::kWidth * r, Lanes::load(row + Lanes::kWidth * r));
     return;
   }
 #endif
@@ -168,7 +193,7 @@ void attend_tile(const Tile& tile, const scalar_t* q, int64_t q_stride, const sc
       }
     }
     chunk_scores<kD>(w.query.data(), w.keys_t.data(), rows, D, w.scores.data());
-    constexpr int kGroup = kD == 64 ? 4 : 2;  // rows per P.V pass: kGroup x kD / 16 sums in registers
+    constexpr int kGroup = value_rows<kD>();
     for (int64_t i0 = 0; i0 < rows; i0 += kGroup) {
       const int count = static_cast<int>(std::min<int64_t>(kGroup, rows - i0));
       float correction[kGroup];

@@ -33,13 +33,79 @@ inline __m512 load16(const at::BFloat16* p) {  // bf16 -> fp32 is exact: the bit
 }
 #endif
 
+// fp32 lanes at the build's widest width (AVX-512: 16 in 32 registers, AVX2: 8 in 16), so a loop is written once
+// for both: bf16 widens exactly and rounds to nearest even in integer ops as ATen's vector conversion does
+// (denormals kept, where vcvtneps2bf16 would flush them; a NaN becomes 0xffff); exp is the one ATen's vectors call.
+#if defined(__AVX512F__)
+#define INFERMATRIX_LANES
+struct Lanes {
+  using V = __m512;
+  using Bf16 = __m256i;
+  static constexpr int kWidth = 16, kRegisters = 32;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V splat(float x) { return _mm512_set1_ps(x); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static float sum(V x) { return _mm512_reduce_add_ps(x); }
+  static float max(V x) { return _mm512_reduce_max_ps(x); }
+  static V exp(V x) { return Sleef_expf16_u10(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V x) { _mm512_storeu_ps(p, x); }
+  static V widen(Bf16 h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static V load(const at::BFloat16* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const Bf16*>(p))); }
+  static void store(at::BFloat16* p, V x) { _mm256_storeu_si256(reinterpret_cast<Bf16*>(p), to_bf16(x)); }
+  static Bf16 to_bf16(V x) {
+    const __m512i bits = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), _mm512_set1_epi32(0xffff),
+                                                         rounded));
+  }
+};
+#elif defined(__AVX2__)
+#define INFERMATRIX_LANES
+struct Lanes {
+  using V = __m256;
+  using Bf16 = __m128i;
+  static constexpr int kWidth = 8, kRegisters = 16;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V splat(float x) { return _mm256_set1_ps(x); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static float sum(V x) {
+    const __m128 four = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+  }
+  static float max(V x) {
+    const __m128 four = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    const __m128 two = _mm_max_ps(four, _mm_movehl_ps(four, four));
+    return _mm_cvtss_f32(_mm_max_ss(two, _mm_movehdup_ps(two)));
+  }
+  static V exp(V x) { return Sleef_expf8_u10(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V x) { _mm256_storeu_ps(p, x); }
+  static V widen(Bf16 h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+  static V load(const at::BFloat16* p) { return widen(_mm_loadu_si128(reinterpret_cast<const Bf16*>(p))); }
+  static void store(at::BFloat16* p, V x) { _mm_storeu_si128(reinterpret_cast<Bf16*>(p), to_bf16(x)); }
+  static Bf16 to_bf16(V x) {
+    const __m256i bits = _mm256_castps_si256(x);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i kept = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0xffff),
+                                            _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+    return _mm_packus_epi32(_mm256_castsi256_si128(kept), _mm256_extracti128_si256(kept, 1));  // lanes <= 0xffff
+  }
+};
+#endif
+
 inline float max_of(const float* x, int64_t n) {
   float max = kNegInf;
   int64_t t = 0;
-#if defined(__AVX512F__)
-  __m512 m = _mm512_set1_ps(kNegInf);
-  for (; t + 16 <= n; t += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + t));
-  max = _mm512_reduce_max_ps(m);
+#if defined(INFERMATRIX_LANES)
+  Lanes::V m = Lanes::splat(kNegInf);
+  for (; t + Lanes::kWidth <= n; t += Lanes::kWidth) m = Lanes::max(m, Lanes::load(x + t));
+  max = Lanes::max(m);
 #endif
   for (; t < n; ++t) max = std::max(max, x[t]);
   return max;
@@ -58,6 +124,14 @@ inline float exp_shifted(float* x, int64_t n, float shift) {
     sums = _mm512_add_ps(sums, _mm512_maskz_mov_ps(m, e));
   }
   sum = _mm512_reduce_add_ps(sums);
+#elif defined(__AVX2__)
+  Lanes::V sums = Lanes::zero();
+  for (; t + Lanes::kWidth <= n; t += Lanes::kWidth) {
+    const Lanes::V e = Lanes::exp(Lanes::load(x + t) - Lanes::splat(shift));
+    Lanes::store(x + t, e);
+    sums += e;
+  }
+  sum = Lanes::sum(sums);
 #endif
   for (; t < n; ++t) sum += (x[t] = std::exp(x[t] - shift));
   return sum;
