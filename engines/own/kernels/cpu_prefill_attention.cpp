@@ -8,6 +8,8 @@
 // P.V runs four query rows at once (one row alone waits on its own FMA latency) and a task holds 64 positions
 // (was 32: keys gathered half as often): fp32, SmolLM2's heads, one layer, prompts of 600-2000 tokens and 100-120
 // after a cached 600, 1 thread 71-82 -> 91-102 GFLOP/s (causal flops), 2 threads 129-144 -> 159-194 (same bits).
+// Those are AVX-512 (Xeon). On AVX2 (Zen 3) the same loops in 8-lane vectors, 2 query rows x 32 keys per q.K pass:
+// prompts of 600, 450, 300, 1 thread fp32 15 -> 28, bf16 15 -> 36 GFLOP/s against the plain loops before.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
