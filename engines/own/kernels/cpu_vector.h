@@ -1,5 +1,5 @@
-// What the CPU attention kernels share: exact bf16 -> fp32 widening, the max and exp of a softmax, and a
-// work queue over torch's threads.
+// What the CPU kernels share: exact bf16 -> fp32 widening, fp32 vector lanes at the build's width (`Lanes`), the max
+// and exp of a softmax, and a work queue over torch's threads.
 #pragma once
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -24,14 +24,6 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline float widen(float x) { return x; }
 inline float widen(at::BFloat16 x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x.x) << 16); }
-
-#if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {  // bf16 -> fp32 is exact: the bits move up 16 places
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-#endif
 
 // fp32 lanes at the build's widest width (AVX-512: 16 in 32 registers, AVX2: 8 in 16), so a loop is written once
 // for both: bf16 widens exactly and rounds to nearest even in integer ops as ATen's vector conversion does
