@@ -1,6 +1,6 @@
 """engine=hf quantization: a method whose library is missing, or whose checkpoint was never made, skips the cell
-with a reason that says what to run; where the library is installed (engines/hf/install_quant.sh's venv) the
-quantized model runs and its weights shrink."""
+with a reason that says what to run. Where the libraries are installed (engines/hf/install_quant.sh's venv),
+tests/peers/test_hf_quant_venv.py runs quantized cells through the harness in that venv."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import importlib.util
 import pytest
 import torch
 
-from engines import create_engine
-from engines.base import ModelSpec, Quant, Request, SamplingParams, Technique, UnsupportedTechnique
+from engines.base import ModelSpec, Quant, UnsupportedTechnique
 from engines.hf import quant as hf_quant
 
 
@@ -44,16 +43,3 @@ def test_weight_bytes_count_tied_weights_once():
     model = torch.nn.ModuleDict({"embed": torch.nn.Embedding(3, 4), "head": lm})
     model["head"].weight = model["embed"].weight  # tied, as SmolLM2's LM head is
     assert hf_quant.weight_bytes(model) == 3 * 4 * 4
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs engines/hf/install_quant.sh's venv")
-def test_torchao_int8_runs_and_shrinks_the_weights(smollm2_dir):
-    sizes = {}
-    for quant in (Quant.none, Quant.torchao_int8):
-        engine = create_engine("hf", ModelSpec("smollm2", str(smollm2_dir)), Technique(quant=quant), {}, "cpu")
-        out = engine.generate([Request("r", [1, 504, 3458, 282], SamplingParams(max_tokens=4, ignore_eos=True))])[0]
-        assert out.error is None and len(out.token_ids) == 4
-        sizes[quant] = engine.stats()["quantization"]["weight_bytes"]
-        engine.close()
-    assert sizes[Quant.torchao_int8] < 0.45 * sizes[Quant.none]
