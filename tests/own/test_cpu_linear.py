@@ -1,8 +1,8 @@
-"""Our float linear layer for AVX-512 CPUs (kernels/cpu_linear.cpp, `TilePackedLinear`): each output is an fp32
-sum of the products over k rounded once to the dtype, so it lies within the error bound of a sum in order; any
-shape (odd K, N not a multiple of the 32-row task), with or without bias, any row stride; a row's output does not
-depend on the rows batched with it; the engine packs with it wherever it runs; and bf16 runs on AMX tiles
-wherever the CPU has them. fp32 split into three bf16 terms on AMX tiles (`split=True`) lies within the bound of an
+"""Our float linear layer for AVX-512 and AVX2 CPUs (kernels/cpu_linear.cpp, `TilePackedLinear`): each output is
+an fp32 sum of the products over k rounded once to the dtype, so it lies within the error bound of a sum in order;
+any shape (odd K, N not a multiple of the 32-row task), with or without bias, any row stride; a row's output does
+not depend on the rows batched with it; the engine packs with it wherever it runs; bf16 off AMX gives the bits of
+vdpbf16ps's ordered sum; and bf16 runs on AMX tiles wherever the CPU has them. fp32 split into three bf16 terms on AMX tiles (`split=True`) lies within the bound of an
 fp32 sum of its six products in order, keeps a row's bits whatever its batch, and is refused where it cannot run."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from engines.own.quant.linear import TilePackedLinear, cpu_linear_instructions, 
 DTYPES = [
     pytest.param(dtype, marks=pytest.mark.skipif(
         cpu_kernels.missing_toolchain() is not None or not cpu_kernels.packed_linear_available(dtype),
-        reason=f"needs the C++ kernels built on a CPU with AVX-512 ({dtype})"))
+        reason=f"needs the C++ kernels built on a CPU with AVX2 or AVX-512 ({dtype})"))
     for dtype in (torch.float32, torch.bfloat16)
 ]  # fmt: skip
 AMX = pytest.mark.skipif(cpu_kernels.missing_toolchain() is not None or not cpu_kernels.packed_linear_amx(),
@@ -91,8 +91,29 @@ def test_bf16_runs_on_amx_tiles_wherever_the_cpu_has_them(dtype):
     flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     amx = "amx_tile" in flags and "amx_bf16" in flags
     assert cpu_kernels.packed_linear_amx() == amx
-    expected = {torch.float32: "AVX-512 FMA", torch.bfloat16: "AMX-BF16" if amx else "AVX512-BF16"}[dtype]
+    assert cpu_kernels.packed_linear_avx2() == ("avx512f" not in flags)
+    if "avx512f" not in flags:
+        expected = "AVX2 FMA"
+    else:
+        expected = {torch.float32: "AVX-512 FMA", torch.bfloat16: "AMX-BF16" if amx else "AVX512-BF16"}[dtype]
     assert cpu_linear_instructions(dtype).startswith(expected)
+
+
+@pytest.mark.parametrize("dtype", [p for p in DTYPES if p.values[0] == torch.bfloat16])
+@pytest.mark.skipif(cpu_kernels.missing_toolchain() is None and cpu_kernels.packed_linear_amx(),
+                    reason="AMX tiles sum in their own order")  # fmt: skip
+@pytest.mark.parametrize("k", [64, 37])
+def test_bf16_gives_the_bits_of_the_fp32_sum_over_k_pairs_odd_first(dtype, k):
+    # vdpbf16ps (AVX512-BF16) adds each pair's k odd, then k even; the AVX2 path does the same. A product of two
+    # bf16 is exact in fp32, so adding it after multiplying rounds once, as an FMA does.
+    w, b = _weights(40, k, True, dtype)
+    x = torch.randn(7, k, generator=torch.Generator().manual_seed(3)).to(dtype)
+    acc = b.float().expand(7, 40).clone()
+    for even in range(0, k, 2):
+        for j in (even + 1, even):
+            if j < k:
+                acc = acc + x[:, j : j + 1].float() * w[:, j].float()
+    torch.testing.assert_close(TilePackedLinear(w, b)(x), acc.to(dtype), rtol=0, atol=0)
 
 
 @AMX

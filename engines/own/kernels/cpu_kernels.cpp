@@ -20,6 +20,7 @@ at::Tensor lm_head(const at::Tensor& x, const at::Tensor& weight);
 at::Tensor argmax_rows(const at::Tensor& logits);
 bool packed_linear_supports(const std::string& dtype);
 bool packed_linear_amx();
+bool packed_linear_avx2();
 at::Tensor packed_linear_split(const at::Tensor& x, const at::Tensor& packed,
                                const c10::optional<at::Tensor>& bias, int64_t N);
 at::Tensor split_fp32_in_three(const at::Tensor& x);
@@ -37,6 +38,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("argmax_rows", &infermatrix::argmax_rows, "each float32 row's first maximum (a NaN first), as torch.argmax");
   m.def("packed_linear_supports", &infermatrix::packed_linear_supports, "whether packed_linear runs in a dtype here");
   m.def("packed_linear_amx", &infermatrix::packed_linear_amx, "whether bf16 packed_linear runs on AMX tiles here");
+  m.def("packed_linear_avx2", &infermatrix::packed_linear_avx2, "whether packed_linear runs on AVX2 + FMA here");
   m.def("packed_linear", &infermatrix::packed_linear, "x @ W^T (+ b) over weights packed in 16-row tiles");
   m.def("packed_linear_split", &infermatrix::packed_linear_split,
         "fp32 x @ W^T (+ b) on AMX tiles, x and W each split into three bf16 terms");

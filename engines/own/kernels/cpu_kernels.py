@@ -143,7 +143,7 @@ def store_kv(
 
 def packed_linear_available(dtype: torch.dtype) -> bool:
     """Whether `packed_linear` runs here in `dtype`: the extension builds, with AVX-512 (fp32) or AVX512-BF16
-    (bf16) in this CPU (the build's -march)."""
+    (bf16), or AVX2 + FMA (both), in this CPU (the build's -march)."""
     name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(dtype)
     return name is not None and builds() and extension().packed_linear_supports(name)
 
@@ -152,6 +152,11 @@ def packed_linear_amx() -> bool:
     """Whether bf16 `packed_linear` runs on AMX tiles here (K a multiple of 32): a CPU with AMX-BF16, a build
     for it, and the OS's leave to use the tile state."""
     return builds() and extension().packed_linear_amx()
+
+
+def packed_linear_avx2() -> bool:
+    """Whether `packed_linear` runs on AVX2 + FMA here (a CPU without AVX-512, such as AMD Zen 2/3)."""
+    return builds() and extension().packed_linear_avx2()
 
 
 def pack_for_linear(weight: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-// Float linear layer for AVX-512 CPUs: y = x @ W^T (+ b) over k in order, fp32 sums rounded once to the dtype.
+// Float linear layer for AVX-512 and AVX2 CPUs: y = x @ W^T (+ b) over k in order, fp32 sums rounded once to the dtype.
 // W is packed for 16 output rows at a time, [N/16][K/s][16][s] with s = k per step (bf16: 2, one vdpbf16ps over a
 // pair, AVX512-BF16; fp32: 1, one FMA), so one 64-byte load feeds 16 outputs and x is one broadcast per step: no
 // horizontal sums. A task is two 16-row tiles; rows of x go eight at a time (16 accumulators in registers), in
@@ -17,6 +17,10 @@
 // summed on tiles. Same Xeon, 1 thread, GFLOP/s split / fp32 FMA kernel: K 576 at 1024 rows 299-310 / 159-195, 256:
 // 323-332 / 190-201, 64: 252-263 / 177-197, 33: 165-205 / 143-198, one row 9-14 / 14-40 (1.5x the weight bytes);
 // K 1536 236-241 / 176-189; max error over |y| max 3-7e-7 / 3-5e-7. (bf16 K 3456 in 1 MiB chunks of x: 990 -> 1190.)
+// AVX2 + FMA (AMD Zen 3, 2026-12-01, 2 threads, GFLOP/s ours / oneDNN packed / F.linear): fp32 at 32 rows 77-110 /
+// 46-115 / 66-92, 256: 112-127 / 129-133 / 116-128; the LM head (49152 x 576) at 32 rows 92 / 92 / 43, one row 6.8
+// / 6.2 / 3.6. bf16 (oneDNN packs no bf16 there, F.linear has no vector path): 66-135 at 32 rows, 105-144 at 256,
+// where F.linear runs 14-18.
 // Each row's sum runs in the same order whatever the number of rows: a token's logits do not depend on its batch.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -29,7 +33,9 @@
 #include <type_traits>
 #include <utility>
 
-#if defined(__AVX512F__)
+#include "cpu_vector.h"
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
@@ -59,6 +65,8 @@ constexpr bool supported() {
   return true;
 #elif defined(__AVX512F__)
   return std::is_same_v<scalar_t, float>;
+#elif defined(__AVX2__) && defined(__FMA__)
+  return true;
 #else
   return false;
 #endif
@@ -334,6 +342,98 @@ void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at
 
 #endif
 
+
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+// AVX2 + FMA (AMD Zen 2/3, Intel before AVX-512): the same packing, a 16-column tile as two 8-lane vectors, 6 rows
+// of x at a time (12 sums + 2 weight vectors + x in the 16 registers). x is read as fp32 (bf16 rows widened once
+// per call), broadcast straight from memory. No bf16 dot product here: a packed pair (k even in the low half)
+// widens exactly by a mask (k odd) and a shift (k even), and each sum takes k odd then k even, as vdpbf16ps does;
+// a product of two bf16 is exact in fp32, so the bits are the same (denormals aside). fp32 adds a partial sum per
+// 64 k into y, as the AVX-512 kernel does, in the same order.
+// y[:n] (at most 8) = sum, or += sum (fp32 partial sums after the first)
+template <typename scalar_t>
+inline void store_avx2(scalar_t* y, __m256 sum, int64_t n, bool add_to_y) {
+  if (n <= 0) return;
+  alignas(32) scalar_t part[8] = {};  // a tile's last columns past N go through here
+  scalar_t* to = n >= 8 ? y : part;
+  if (n < 8) std::memcpy(part, y, n * sizeof(scalar_t));
+  if (add_to_y) sum = _mm256_add_ps(infermatrix::vec::Lanes::load(to), sum);
+  infermatrix::vec::Lanes::store(to, sum);
+  if (n < 8) std::memcpy(y, part, n * sizeof(scalar_t));
+}
+
+inline __m256i load_bits(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+template <typename scalar_t, int kM>
+void tile_avx2(const float* x, int64_t x_stride, int64_t K, const scalar_t* w, int64_t steps, const float* bias, scalar_t* y,
+               int64_t y_stride, int64_t cols) {
+  constexpr bool kBf16 = std::is_same_v<scalar_t, at::BFloat16>;
+  constexpr int64_t kBlock = kBf16 ? INT64_MAX : 64;
+  __m256 acc[kM][2];
+  // sums += x[:, k] * (16 weights at k), two vectors as floats or as bf16 shifted to the top half of 32 bits
+  auto add = [&](int64_t k, __m256i w0, __m256i w1) {
+    const __m256 v0 = _mm256_castsi256_ps(w0), v1 = _mm256_castsi256_ps(w1);
+#pragma GCC unroll 8
+    for (int m = 0; m < kM; ++m) {
+      const __m256 xv = _mm256_broadcast_ss(x + m * x_stride + k);
+      acc[m][0] = _mm256_fmadd_ps(xv, v0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(xv, v1, acc[m][1]);
+    }
+  };
+  for (int64_t s0 = 0; s0 < steps; s0 += kBlock) {
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v) {
+      const __m256 start = bias && s0 == 0 ? _mm256_loadu_ps(bias + 8 * v) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+      for (int m = 0; m < kM; ++m) acc[m][v] = start;
+    }
+    const int64_t s1 = std::min(s0 + kBlock, steps);
+    for (int64_t s = s0; s < s1; ++s) {
+      if constexpr (kBf16) {
+        const __m256i p0 = load_bits(w + s * 2 * kTile), p1 = load_bits(w + s * 2 * kTile + kTile);
+        const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u));
+        // odd K: the last step's k odd is the zero column the packing added (x has no such k)
+        if (2 * s + 1 < K) add(2 * s + 1, _mm256_and_si256(p0, high), _mm256_and_si256(p1, high));
+        add(2 * s, _mm256_slli_epi32(p0, 16), _mm256_slli_epi32(p1, 16));
+      } else {
+        add(s, load_bits(w + s * kTile), load_bits(w + s * kTile + 8));
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < kM; ++m) {
+      store_avx2(y + m * y_stride, acc[m][0], cols, s0 > 0);
+      store_avx2(y + m * y_stride + 8, acc[m][1], cols - 8, s0 > 0);
+    }
+  }
+}
+
+template <typename scalar_t, int... kM>
+void tile_avx2_rows(int rows, std::integer_sequence<int, kM...>, const float* x, int64_t x_stride, int64_t K,
+                    const scalar_t* w, int64_t steps, const float* bias, scalar_t* y, int64_t y_stride, int64_t cols) {
+  ((rows == kM + 1 ? (tile_avx2<scalar_t, kM + 1>(x, x_stride, K, w, steps, bias, y, y_stride, cols), 0) : 0), ...);
+}
+
+template <typename scalar_t>
+void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at::Tensor& y) {
+  constexpr int kStep = std::is_same_v<scalar_t, float> ? 6 : 5;
+  const at::Tensor xf = x.to(at::kFloat);
+  const int64_t M = x.size(0), K = x.size(1), N = y.size(1), steps = packed.size(1), x_stride = xf.stride(0);
+  const int64_t tile_weights = steps * packed.size(3) * kTile;
+  const float* xp = xf.data_ptr<float>();
+  const auto* wp = packed.data_ptr<scalar_t>();
+  auto* yp = y.data_ptr<scalar_t>();
+  at::parallel_for(0, packed.size(0) / kTiles, 1, [&](int64_t begin, int64_t end) {
+    sweep(begin, end, M, [&](int64_t first, int64_t last, int64_t m0, int64_t m1) {
+      for (int64_t tile = first * kTiles; tile < last * kTiles && tile * kTile < N; ++tile)
+        for (int64_t m = m0; m < m1; m += kStep)
+          tile_avx2_rows<scalar_t>(static_cast<int>(std::min<int64_t>(kStep, m1 - m)),
+                                   std::make_integer_sequence<int, kStep>{}, xp + m * x_stride, x_stride, K,
+                                   wp + tile * tile_weights, steps, bias ? bias + tile * kTile : nullptr,
+                                   yp + m * N + tile * kTile, N, N - tile * kTile);
+    });
+  });
+}
+#endif
 }  // namespace
 
 namespace infermatrix {
@@ -342,6 +442,15 @@ namespace infermatrix {
 bool packed_linear_amx() {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   return amx_permitted();
+#else
+  return false;
+#endif
+}
+
+// Whether packed_linear runs on AVX2 + FMA here (a build without AVX-512).
+bool packed_linear_avx2() {
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+  return true;
 #else
   return false;
 #endif
@@ -385,6 +494,9 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c1
   } else {
     linear<float>(x, packed, bp, y);
   }
+#elif defined(__AVX2__) && defined(__FMA__)
+  if (bf16) linear<at::BFloat16>(x, packed, bp, y);
+  else linear<float>(x, packed, bp, y);
 #endif
   return y;
 }

@@ -65,8 +65,8 @@ def quantize_model(
 
 def pack_float_linears(model: nn.Module, batch_hint: int, split_fp32: bool = False) -> str:
     """On the CPU in float32 or bfloat16, put every float `Linear` and the LM head (but not in float32 through
-    oneDNN) in a packed layout (`cpu_packed_linear`: ours in 16-row tiles where the CPU has AVX-512, AVX512-BF16
-    for bfloat16; else oneDNN's blocked one); `split_fp32`: the layers' fp32 weights (not the LM head's) as bf16
+    oneDNN) in a packed layout (`cpu_packed_linear`: ours in 16-row tiles where the CPU has AVX-512 (with
+    AVX512-BF16 for bfloat16) or AVX2 + FMA; else oneDNN's blocked one); `split_fp32`: the layers' fp32 weights (not the LM head's) as bf16
     terms for AMX tiles (`TilePackedLinear`). Returns the weight layout the model now runs with ("cpp_tiles",
     "onednn_packed" or "plain", with the reason)."""
     first = next(model.parameters())
@@ -74,7 +74,7 @@ def pack_float_linears(model: nn.Module, batch_hint: int, split_fp32: bool = Fal
         return "plain (packing is for float32 and bfloat16 on the CPU)"
     layout = cpu_linear_layout(first.dtype)
     if layout == "plain":
-        return (f"plain (no AVX-512 here for our kernel and no oneDNN packing of "
+        return (f"plain (no AVX2 or AVX-512 here for our kernel and no oneDNN packing of "
                 f"{str(first.dtype).removeprefix('torch.')} weights in this torch on this CPU)")
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

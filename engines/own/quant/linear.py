@@ -82,10 +82,11 @@ class PackedLinear(nn.Module):
 
 
 class TilePackedLinear(nn.Module):
-    """Float weights packed in 16-row tiles for our C++ kernel (kernels/cpu_linear.cpp; bf16 on AMX tiles where
-    the CPU has them): faster than oneDNN's packed matmul at decode sizes, level or a little slower at prefill
-    sizes (the kernel's header has the numbers); fp32 sums in blocks of 64 k, closer to float64 than oneDNN or
-    MKL. Each row's sum runs in the same order whatever the batch.
+    """Float weights packed in 16-row tiles for our C++ kernel (kernels/cpu_linear.cpp: AVX-512, bf16 on AMX
+    tiles where the CPU has them; AVX2 + FMA): faster than oneDNN's packed matmul at decode sizes, level or a
+    little slower at prefill sizes (the kernel's header has the numbers); on AVX2 bf16 is 5-8x F.linear's, which
+    has no vector bf16 path there. fp32 sums in blocks of 64 k, closer to float64 than oneDNN or MKL. Each row's
+    sum runs in the same order whatever the batch.
 
     `split` (fp32, AMX): W kept as three bf16 terms and x split likewise per call, their six leading products
     summed on AMX tiles (`packed_linear_split`): fp32-level error, 1.5x+ faster at 64 rows and more here but
@@ -111,8 +112,8 @@ class TilePackedLinear(nn.Module):
 
 
 def cpu_linear_layout(dtype: torch.dtype) -> str:
-    """The fastest packed layout for float linears on this CPU: "cpp_tiles" (our kernel: AVX-512, AVX512-BF16
-    for bf16), else "onednn_packed" where this torch packs for oneDNN, else "plain"."""
+    """The fastest packed layout for float linears on this CPU: "cpp_tiles" (our kernel: AVX-512 with
+    AVX512-BF16 for bf16, or AVX2 + FMA), else "onednn_packed" where this torch packs for oneDNN, else "plain"."""
     if cpu_kernels.packed_linear_available(dtype):
         return "cpp_tiles"
     return "onednn_packed" if onednn_packing_available(dtype) else "plain"
@@ -133,6 +134,8 @@ def cpu_linear_instructions(dtype: torch.dtype, split: bool = False) -> str:
         return "AMX-BF16 tiles, fp32 as three bf16 terms (six products; the LM head: AVX-512 FMA)"
     if dtype == torch.bfloat16 and cpu_kernels.packed_linear_amx():
         return "AMX-BF16 tiles (K a multiple of 32; else AVX512-BF16)"
+    if cpu_kernels.packed_linear_avx2():
+        return "AVX2 FMA" + (" (bf16 widened to fp32)" if dtype == torch.bfloat16 else "")
     return "AVX512-BF16" if dtype == torch.bfloat16 else "AVX-512 FMA"
 
 
@@ -142,7 +145,8 @@ def cpu_packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, batch_hin
     (fp32 on AMX, K a multiple of 32)."""
     layout = cpu_linear_layout(weight.dtype)
     if layout == "plain":
-        raise RuntimeError("no packed float linear here: no AVX-512 for ours and no oneDNN packing in this torch")
+        raise RuntimeError("no packed float linear here: no AVX2 or AVX-512 for ours and no oneDNN packing in "
+                           "this torch")
     if layout == "cpp_tiles":
         return TilePackedLinear(weight, bias, split and weight.shape[1] % 32 == 0), layout
     return PackedLinear(weight, bias, batch_hint), layout
