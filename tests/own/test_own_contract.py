@@ -262,14 +262,14 @@ def test_packed_weights_give_the_same_tokens_as_plain_ones_and_say_so(config, dt
     spec = ModelSpec("tiny", None, random_config=dict(config), seed=0, dtype=dtype)
     packed, plain = (create_engine("own", spec, Technique(), dict(kv_cache_bytes=1 << 22, pack_weights=pack), "cpu")
                      for pack in (True, False))  # fmt: skip
-    # ours on AVX-512 CPUs, else oneDNN's where it packs this dtype (bf16 not on AVX2-only CPUs), else plain
+    # ours on AVX-512 or AVX2 + FMA CPUs, else oneDNN's where it packs this dtype, else plain
     if cpu_kernels.packed_linear_available(getattr(torch, dtype)):
         assert packed.stats()["weight_layout"] == "cpp_tiles"
     elif onednn_packing_available(getattr(torch, dtype)):
         assert packed.stats()["weight_layout"] == "onednn_packed"
     else:
-        assert packed.stats()["weight_layout"] == (f"plain (no AVX-512 here for our kernel and no oneDNN packing of "
-                                                   f"{dtype} weights in this torch on this CPU)")  # fmt: skip
+        assert packed.stats()["weight_layout"] == (f"plain (no AVX2 or AVX-512 here for our kernel and no oneDNN "
+                                                   f"packing of {dtype} weights in this torch on this CPU)")  # fmt: skip
     assert plain.stats()["weight_layout"] == "plain"
     assert [o.token_ids for o in greedy(packed, prompts)] == [o.token_ids for o in greedy(plain, prompts)]
     half = ModelSpec("tiny", None, random_config=dict(config), seed=0, dtype="float16")
