@@ -35,7 +35,10 @@
 
 #include "cpu_vector.h"
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define INFERMATRIX_LINEAR_AVX2  // our AVX2 + FMA kernel: a build without AVX-512
+#endif
+#if defined(__AVX512F__) || defined(INFERMATRIX_LINEAR_AVX2)
 #include <immintrin.h>
 #endif
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
@@ -65,7 +68,7 @@ constexpr bool supported() {
   return true;
 #elif defined(__AVX512F__)
   return std::is_same_v<scalar_t, float>;
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(INFERMATRIX_LINEAR_AVX2)
   return true;
 #else
   return false;
@@ -343,9 +346,10 @@ void linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at
 #endif
 
 
-#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#if defined(INFERMATRIX_LINEAR_AVX2)
 // AVX2 + FMA (AMD Zen 2/3, Intel before AVX-512): the same packing, a 16-column tile as two 8-lane vectors, 6 rows
-// of x at a time (12 sums + 2 weight vectors + x in the 16 registers). x is read as fp32 (bf16 rows widened once
+// of x at a time in fp32 (12 sums + 2 weight vectors + x in the 16 registers; bf16 5: its k odd and k even vectors
+// made 6 spill a sum). x is read as fp32 (bf16 rows widened once
 // per call), broadcast straight from memory. No bf16 dot product here: a packed pair (k even in the low half)
 // widens exactly by a mask (k odd) and a shift (k even), and each sum takes k odd then k even, as vdpbf16ps does;
 // a product of two bf16 is exact in fp32, so the bits are the same (denormals aside). fp32 adds a partial sum per
@@ -449,7 +453,7 @@ bool packed_linear_amx() {
 
 // Whether packed_linear runs on AVX2 + FMA here (a build without AVX-512).
 bool packed_linear_avx2() {
-#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#if defined(INFERMATRIX_LINEAR_AVX2)
   return true;
 #else
   return false;
@@ -494,7 +498,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const c1
   } else {
     linear<float>(x, packed, bp, y);
   }
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(INFERMATRIX_LINEAR_AVX2)
   if (bf16) linear<at::BFloat16>(x, packed, bp, y);
   else linear<float>(x, packed, bp, y);
 #endif
