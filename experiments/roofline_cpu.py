@@ -1,8 +1,9 @@
 """The fastest any engine could run issue 11's CPU workloads here, with the arithmetic engine=own does.
 
 Measures this machine (threads as given): matmul throughput through own's own linear layer (our C++
-tile-packed kernel where the CPU has AVX-512; else oneDNN-packed weights) on the embedded model's four layer
-shapes, at 2048 rows (a prefill step) and 32 rows (a batch-32 decode step), and read bandwidth over 1 GiB. Then, for each workload of experiments/compare_cpu.sh, a floor:
+tile-packed kernel where the CPU has AVX-512 or AVX2 + FMA; else oneDNN-packed weights) on the embedded model's
+four layer shapes, at 2048 rows (a prefill step) and 32 rows (a batch-32 decode step), and read bandwidth over
+1 GiB. Then, for each workload of experiments/compare_cpu.sh, a floor:
   prefill  (prompt tokens, a shared prefix once) x linear FLOPs at the 2048-row rate, plus causal attention
            FLOPs at that rate
   decode   every request decoding from the start, each step the larger of its linear FLOPs at the 32-row rate
